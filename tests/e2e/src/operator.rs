@@ -1,0 +1,99 @@
+//! Running the `infrapilot` binary in standalone mode, each test with its own state directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::process::Command;
+
+use crate::Result;
+use crate::process::Process;
+
+/// The `infrapilot` binary under test: `INFRAPILOT_BIN`, or the one Cargo built next to this
+/// test binary (`target/<profile>/infrapilot`).
+pub fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("INFRAPILOT_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/infrapilot
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let binary = profile_dir.join("infrapilot");
+    assert!(
+        binary.exists(),
+        "the infrapilot binary is not built at {}: run `cargo build -p infrapilot` \
+         (tests/run.sh does) or set INFRAPILOT_BIN",
+        binary.display()
+    );
+    binary
+}
+
+/// An `infrapilot` process with its own working and state directory and a captured log.
+#[derive(Debug)]
+pub struct Operator {
+    dir: PathBuf,
+    process: Process,
+}
+
+impl Operator {
+    /// Starts `infrapilot ARGS` in `dir` (created if needed), logging to `dir/infrapilot.log`.
+    /// The process is killed if the `Operator` is dropped without [`Operator::stop`].
+    pub fn start(dir: &Path, args: &[&str]) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut command = Command::new(binary());
+        command
+            .args(args)
+            .current_dir(dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .env("NO_COLOR", "1");
+        let process = Process::spawn("infrapilot", command, &dir.join("infrapilot.log"))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            process,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// Stops the operator the way a service manager does (SIGTERM) and fails when it does not
+    /// exit cleanly within ten seconds, with the end of its log.
+    pub async fn stop(mut self) -> Result<()> {
+        let status = self.process.stop(Duration::from_secs(10)).await;
+        match status {
+            Ok(status) if status.success() => Ok(()),
+            other => anyhow::bail!(
+                "infrapilot did not stop cleanly ({other:?}); last log lines:\n{}",
+                self.process.log_tail(30)
+            ),
+        }
+    }
+}
+
+/// Runs a one-shot `infrapilot ARGS` (such as `get`, `audit verify`) in `dir` and returns its
+/// output, whatever its exit status.
+pub async fn cli(dir: &Path, args: &[&str]) -> Result<Output> {
+    Command::new(binary())
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .with_context(|| format!("running infrapilot {}", args.join(" ")))
+}

@@ -1,0 +1,6 @@
+//! InfraPilot's end-to-end tests, in one binary (see Cargo.toml), a module per area.
+//!
+//! Run them with `tests/run.sh` (README.md, "Tests"), which provisions the dependencies they
+//! talk to. A test whose dependency is missing fails and says what is missing.
+
+mod smoke;
