@@ -3,4 +3,5 @@
 //! Run them with `tests/run.sh` (README.md, "Tests"), which provisions the dependencies they
 //! talk to. A test whose dependency is missing fails and says what is missing.
 
+mod cli;
 mod smoke;
