@@ -5,7 +5,10 @@
 
 pub mod api;
 pub mod cli;
+pub mod delivery;
 pub mod manifest;
+pub mod secrets;
+pub mod status;
 
 /// The version of this build, as `infrapilot --version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

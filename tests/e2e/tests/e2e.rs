@@ -4,4 +4,5 @@
 //! talk to. A test whose dependency is missing fails and says what is missing.
 
 mod cli;
+mod delivery;
 mod smoke;
