@@ -4,6 +4,7 @@
 //! standalone) build on them.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod delivery;
 pub mod manifest;
