@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cli;
 pub mod delivery;
 pub mod manifest;
+pub mod reconcile;
 pub mod secrets;
 pub mod status;
 

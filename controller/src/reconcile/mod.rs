@@ -1,0 +1,102 @@
+//! What every reconciler shares, whichever runtime drives it.
+//!
+//! A reconciler is a pipeline: validate → build the desired state (pure) → apply (the only
+//! I/O, through the narrow traits in [`Context`]) → compute the status from what was applied.
+//! It returns the new status rather than writing it: the Kubernetes runtime applies it with
+//! server-side apply, the standalone runtime stores it, and both skip the write when nothing
+//! changed.
+
+pub mod alert_channel;
+#[cfg(test)]
+mod tests_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+
+use crate::audit::{AuditLog, NewRecord, ObjectRef};
+use crate::delivery::Notifier;
+use crate::secrets::SecretSource;
+
+/// The outside world as reconcilers see it.
+#[derive(Clone)]
+pub struct Context {
+    pub secrets: Arc<dyn SecretSource>,
+    pub notifier: Arc<dyn Notifier>,
+    pub audit: Arc<dyn Audit>,
+    pub events: Arc<dyn Events>,
+    /// The current time; tests fix it.
+    pub now: fn() -> Timestamp,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Context")
+    }
+}
+
+/// Records side effects (see [`crate::audit`]).
+#[async_trait]
+pub trait Audit: Send + Sync {
+    async fn record(&self, record: NewRecord) -> anyhow::Result<()>;
+}
+
+#[async_trait]
+impl Audit for AuditLog {
+    async fn record(&self, record: NewRecord) -> anyhow::Result<()> {
+        self.append(record).await.map(drop)
+    }
+}
+
+/// Normal or Warning, as Kubernetes Events have it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// Something worth telling the object's owner: a Kubernetes Event, or a row in standalone
+/// mode's event table that `infrapilot describe` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub type_: EventType,
+    /// CamelCase, low cardinality: `Verified`, `DeliveryFailed`.
+    pub reason: String,
+    /// What was done: `Verify`, `Deliver`.
+    pub action: String,
+    /// A sentence; never a secret.
+    pub note: String,
+}
+
+/// Publishes events about objects.
+#[async_trait]
+pub trait Events: Send + Sync {
+    async fn publish(&self, object: &ObjectRef, event: Event);
+}
+
+/// When to look at the object again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Only when it changes.
+    OnChange,
+    After(Duration),
+}
+
+/// A reconcile's result: the status to store, when to come back, and, when it failed, why
+/// (the runtime backs off per object and keys its metrics on the category).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied<S> {
+    pub status: S,
+    pub requeue: Requeue,
+    pub failure: Option<Failure>,
+}
+
+/// A failed reconcile, for backoff, metrics and events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Low cardinality: `secret`, `unreachable`, `rejected`, `timeout`, `config`.
+    pub category: &'static str,
+    pub message: String,
+}
