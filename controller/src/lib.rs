@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod manifest;
 pub mod reconcile;
 pub mod secrets;
+pub mod standalone;
 pub mod status;
 
 /// The version of this build, as `infrapilot --version` prints it.

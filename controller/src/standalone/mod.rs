@@ -1,0 +1,5 @@
+//! Standalone mode: the same reconcilers without a cluster. Manifests in directories play the
+//! API server's objects, and a state database keeps what the API server would (uid,
+//! generation, status, finalizer state, events).
+
+pub mod sync;
