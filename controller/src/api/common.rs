@@ -58,3 +58,56 @@ pub struct LocalObjectReference {
     #[schemars(regex(pattern = NAME_PATTERN), length(max = 253))]
     pub name: String,
 }
+
+/// Parses a duration written in [`DURATION_PATTERN`]'s grammar (`90s`, `1h30m`, `7d`, `250ms`).
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (std::time::Duration::from_millis(1), 2)
+        } else {
+            let seconds = match rest.chars().next()? {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86400,
+                _ => return None,
+            };
+            (std::time::Duration::from_secs(seconds), 1)
+        };
+        total = total.checked_add(unit.checked_mul(u32::try_from(value).ok()?)?)?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse_in_the_documented_grammar() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_duration("1m30s250ms"),
+            Some(Duration::from_millis(90_250))
+        );
+        for bad in ["", "5", "m", "5x", "-5s", "5 s", "1.5h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+}

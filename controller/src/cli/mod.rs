@@ -1,7 +1,11 @@
 //! The `infrapilot` command line: one clap definition, every option also settable from the
 //! environment (`env =`), defaults documented in the help.
 
+mod audit;
 mod crd;
+mod get;
+mod run;
+mod state;
 mod validate;
 
 use std::process::ExitCode;
@@ -19,6 +23,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator. With --manifests: standalone mode, reconciling the YAML in those
+    /// files and directories with state in a local database.
+    Run(run::Args),
+    /// Show objects and their status, like `kubectl get`.
+    Get(get::Args),
+    /// Read, export and verify the audit log of side effects.
+    #[command(subcommand)]
+    Audit(audit::Command),
     /// Print the CustomResourceDefinitions, or write one file per kind.
     Crd(crd::Args),
     /// Check manifests offline, with the messages the operator gives.
@@ -29,6 +41,12 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => {
+            init_logging();
+            run::run(&args)
+        }
+        Command::Get(args) => get::run(&args),
+        Command::Audit(command) => audit::run(&command),
         Command::Crd(args) => crd::run(&args),
         Command::Validate(args) => validate::run(&args),
     };
@@ -39,6 +57,20 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_target(false)
+        .try_init();
 }
 
 #[cfg(test)]

@@ -1,0 +1,396 @@
+//! The standalone runtime: keeps the store in step with the manifests and runs the
+//! reconcilers, until asked to stop.
+//!
+//! Manifests are scanned at start, whenever a file below a manifest path changes (inotify via
+//! `notify`), and at every resync. A scan turns into store changes (see [`super::sync`]); each
+//! changed object is queued. Objects are reconciled one at a time; a reconciler's requeue and
+//! backoff put the object back in the queue for later. At start every stored object is queued
+//! once: reconcilers are idempotent, so a restart repeats no finished side effect.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use jiff::Timestamp;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::store::Store;
+use super::sync::{self, Change, Key, Scanned};
+use crate::api::Kind;
+use crate::api::alert::AlertChannel;
+use crate::audit::{AuditKey, AuditLog, ObjectRef};
+use crate::delivery::Deliverer;
+use crate::manifest::{self, Object, Outcome, Problem};
+use crate::reconcile::{Context, Event, Events, Requeue, alert_channel};
+use crate::secrets::{SecretMap, Secrets};
+
+/// How the runtime is set up.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Manifest files and directories.
+    pub manifests: Vec<PathBuf>,
+    /// The state database URL.
+    pub state_url: String,
+    /// The audit log's HMAC key file (created if missing).
+    pub audit_key: PathBuf,
+    /// How often every object is reconciled even when nothing changed.
+    pub resync: Duration,
+    /// How long one notification delivery may take.
+    pub delivery_timeout: Duration,
+}
+
+/// Runs until `shutdown` completes.
+pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    for path in &options.manifests {
+        anyhow::ensure!(
+            path.exists(),
+            "the manifest path {} does not exist",
+            path.display()
+        );
+    }
+    let store = Store::open(&options.state_url).await?;
+    let key = AuditKey::load_or_create(&options.audit_key)?;
+    let audit = AuditLog::open(store.pool(), key).await?;
+    let secrets = Arc::new(SecretMap::default());
+    let ctx = Context {
+        secrets: secrets.clone(),
+        notifier: Arc::new(Deliverer::new(options.delivery_timeout)?),
+        audit: Arc::new(audit),
+        events: Arc::new(StoreEvents {
+            store: store.clone(),
+        }),
+        now: Timestamp::now,
+    };
+    let mut runtime = Runtime {
+        store,
+        ctx,
+        secrets,
+        manifests: options.manifests.clone(),
+        queue: Queue::default(),
+        problems: None,
+        secrets_seen: None,
+    };
+
+    let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let _watcher = watch(&options.manifests, changed_tx)?;
+
+    runtime.scan().await?;
+    runtime.queue_everything().await?;
+    info!(manifests = ?options.manifests, "standalone mode started");
+
+    tokio::pin!(shutdown);
+    let mut resync = tokio::time::interval_at(Instant::now() + options.resync, options.resync);
+    loop {
+        let next = runtime
+            .queue
+            .next_due()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = changed_rx.recv() => {
+                // Editors write in several steps: let a burst settle, then scan once.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while changed_rx.try_recv().is_ok() {}
+                if let Err(error) = runtime.scan().await {
+                    error!("scanning the manifests failed: {error:#}");
+                }
+            }
+            _ = resync.tick() => {
+                if let Err(error) = runtime.scan().await {
+                    error!("scanning the manifests failed: {error:#}");
+                }
+                if let Err(error) = runtime.queue_everything().await {
+                    error!("resync failed: {error:#}");
+                }
+            }
+            () = tokio::time::sleep_until(next) => {
+                for key in runtime.queue.pop_due(Instant::now()) {
+                    if let Err(error) = runtime.reconcile(&key).await {
+                        error!(object = %key, "reconcile failed: {error:#}");
+                        runtime.queue.at(key, Instant::now() + Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    }
+    info!("standalone mode stopped");
+    Ok(())
+}
+
+struct Runtime {
+    store: Store,
+    ctx: Context,
+    secrets: Arc<SecretMap>,
+    manifests: Vec<PathBuf>,
+    queue: Queue,
+    /// The problems of the last scan, to log only what changed.
+    problems: Option<Vec<Problem>>,
+    secrets_seen: Option<Secrets>,
+}
+
+impl Runtime {
+    /// Reads the manifests and brings the store in line with them.
+    async fn scan(&mut self) -> anyhow::Result<()> {
+        let outcomes: Vec<Outcome> = self
+            .manifests
+            .iter()
+            .flat_map(|p| manifest::read_path(p))
+            .collect();
+        let mut scanned: Vec<Scanned> = Vec::new();
+        let mut broken = BTreeSet::new();
+        let mut problems = Vec::new();
+        let mut secrets = Secrets::new();
+        let mut first_seen: BTreeMap<Key, (String, u64)> = BTreeMap::new();
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Valid(m) => {
+                    let namespace = m.namespace.clone().unwrap_or_default();
+                    match m.object {
+                        Object::Custom { kind, object } => {
+                            let key = Key {
+                                kind: kind.name().to_owned(),
+                                namespace,
+                                name: m.name.clone(),
+                            };
+                            if let Some((file, line)) = first_seen.get(&key) {
+                                problems.push(Problem {
+                                    file: m.file.clone(),
+                                    line: m.line,
+                                    column: 1,
+                                    field: "metadata.name".to_owned(),
+                                    reason: format!("{key} is defined twice: first at {file}:{line}; this one is ignored"),
+                                });
+                                continue;
+                            }
+                            first_seen.insert(key.clone(), (m.file.clone(), m.line));
+                            scanned.push(Scanned {
+                                key,
+                                file: m.file,
+                                line: m.line,
+                                object,
+                            });
+                        }
+                        Object::Secret(secret) => {
+                            let data = secret
+                                .data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.0))
+                                .collect();
+                            secrets.insert((namespace, m.name), data);
+                        }
+                    }
+                }
+                Outcome::Skipped { .. } => {}
+                Outcome::Invalid(found) => {
+                    broken.extend(found.iter().map(|p| p.file.clone()));
+                    problems.extend(found);
+                }
+            }
+        }
+
+        if self.secrets_seen.as_ref() != Some(&secrets) {
+            self.secrets.replace(secrets.clone());
+            if self.secrets_seen.is_some() {
+                // A changed Secret may make a channel deliverable, or not: look at everything.
+                self.queue_everything().await?;
+            }
+            self.secrets_seen = Some(secrets);
+        }
+        if self.problems.as_ref() != Some(&problems) {
+            for problem in &problems {
+                warn!("{problem}");
+            }
+            if problems.is_empty() && self.problems.is_some() {
+                info!("every manifest is valid again");
+            }
+            self.store.replace_problems(&problems).await?;
+            self.problems = Some(problems);
+        }
+
+        let index = self.store.index().await?;
+        let plan = sync::plan(&index, &scanned, &broken, || {
+            uuid::Uuid::new_v4().to_string()
+        });
+        for key in &plan.held {
+            debug!(object = %key, "kept at its last good version while its file has problems");
+        }
+        let now = Timestamp::now();
+        for change in &plan.changes {
+            self.store
+                .apply(change, now)
+                .await
+                .with_context(|| format!("storing {change:?}"))?;
+            let (key, what) = match change {
+                Change::Create { key, .. } => (key, "created"),
+                Change::Update { key, .. } => (key, "updated"),
+                Change::Revive { key, .. } => (key, "restored"),
+                Change::Delete { key } => (key, "deleted from the manifests"),
+            };
+            info!(object = %key, "{what}");
+            self.queue.at(key.clone(), Instant::now());
+        }
+        Ok(())
+    }
+
+    async fn queue_everything(&mut self) -> anyhow::Result<()> {
+        for key in self.store.index().await?.into_keys() {
+            self.queue.at(key, Instant::now());
+        }
+        Ok(())
+    }
+
+    async fn reconcile(&mut self, key: &Key) -> anyhow::Result<()> {
+        let Some(object) = self.store.get(key).await? else {
+            return Ok(());
+        };
+        if object.deleting {
+            // No reconciler that has landed owns anything outside the store, so the cleanup
+            // of a deleted object is forgetting it.
+            self.store.forget(key, &object.uid).await?;
+            info!(object = %key, "deletion finished");
+            return Ok(());
+        }
+        // The reconcilers of the other kinds land with their own issues; until then their
+        // objects are stored and shown, and left alone.
+        if Kind::from_name(&key.kind) != Some(Kind::AlertChannel) {
+            return Ok(());
+        }
+        let channel: AlertChannel = match serde_json::from_value(object.full()) {
+            Ok(channel) => channel,
+            Err(error) => {
+                // Checked when read, so only a store written by another version gets here; it
+                // waits for its manifest to change.
+                error!(object = %key, "the stored object cannot be read: {error}");
+                return Ok(());
+            }
+        };
+        let applied = alert_channel::reconcile(&channel, &self.ctx).await;
+        let status = serde_json::to_value(&applied.status)?;
+        if self.store.write_status(key, &object.uid, &status).await? {
+            let ready = applied.status.conditions.get(crate::status::READY);
+            info!(
+                object = %key,
+                ready = ready.map_or("Unknown", |c| c.status.as_str()),
+                reason = ready.map_or("", |c| c.reason.as_str()),
+                "status updated"
+            );
+        }
+        if let Some(failure) = &applied.failure {
+            warn!(object = %key, category = failure.category, "{}", failure.message);
+        }
+        if let Requeue::After(delay) = applied.requeue {
+            self.queue.at(key.clone(), Instant::now() + delay);
+        }
+        Ok(())
+    }
+}
+
+/// When each queued object is due; an object is queued at most once, at its earliest time.
+#[derive(Debug, Default)]
+struct Queue {
+    due: BTreeMap<Key, Instant>,
+}
+
+impl Queue {
+    fn at(&mut self, key: Key, when: Instant) {
+        let entry = self.due.entry(key).or_insert(when);
+        *entry = (*entry).min(when);
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.values().min().copied()
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Vec<Key> {
+        let due: Vec<Key> = self
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &due {
+            self.due.remove(key);
+        }
+        due
+    }
+}
+
+/// Events go to the state database, where `infrapilot describe` finds them.
+struct StoreEvents {
+    store: Store,
+}
+
+#[async_trait]
+impl Events for StoreEvents {
+    async fn publish(&self, object: &ObjectRef, event: Event) {
+        if let Err(error) = self.store.add_event(object, &event, Timestamp::now()).await {
+            warn!(object = %object.name, "could not store an event: {error:#}");
+        }
+    }
+}
+
+/// Watches the manifest paths; every change sends a (coalesced) signal.
+fn watch(
+    paths: &[PathBuf],
+    changed: tokio::sync::mpsc::Sender<()>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            // A full channel already holds a pending signal: nothing is lost.
+            let _ = changed.try_send(());
+        }
+    })
+    .context("cannot watch the manifests")?;
+    for path in paths {
+        // Editors replace files rather than writing them in place: watch a file's directory.
+        let (target, mode) = if path.is_dir() {
+            (path.clone(), notify::RecursiveMode::Recursive)
+        } else {
+            (
+                path.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), PathBuf::from),
+                notify::RecursiveMode::NonRecursive,
+            )
+        };
+        watcher
+            .watch(&target, mode)
+            .with_context(|| format!("cannot watch {}", target.display()))?;
+    }
+    Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        Key {
+            kind: "AlertChannel".to_owned(),
+            namespace: "default".to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_queue_keeps_each_object_once_at_its_earliest_time() {
+        let now = Instant::now();
+        let mut queue = Queue::default();
+        queue.at(key("a"), now + Duration::from_secs(10));
+        queue.at(key("a"), now + Duration::from_secs(1));
+        queue.at(key("a"), now + Duration::from_secs(5));
+        queue.at(key("b"), now + Duration::from_secs(20));
+        assert_eq!(queue.next_due(), Some(now + Duration::from_secs(1)));
+        assert!(queue.pop_due(now).is_empty());
+        assert_eq!(queue.pop_due(now + Duration::from_secs(1)), [key("a")]);
+        assert_eq!(queue.pop_due(now + Duration::from_secs(60)), [key("b")]);
+        assert_eq!(queue.next_due(), None);
+    }
+}

@@ -1,0 +1,471 @@
+//! The state database of standalone mode: what the API server would keep. Objects with their
+//! uid, generation, status and deletion state; the problems of the last manifest scan; events.
+//! SQLite by default, PostgreSQL through `--state`; the SQL is portable between the two.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use jiff::Timestamp;
+use serde_json::Value;
+use sqlx::{AnyPool, Row};
+
+use super::sync::{Change, Key, Stored, hash};
+use crate::audit::ObjectRef;
+use crate::manifest::Problem;
+use crate::reconcile::{Event, EventType};
+
+const SCHEMA: [&str; 4] = [
+    "CREATE TABLE IF NOT EXISTS objects (
+        kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+        uid TEXT NOT NULL, generation BIGINT NOT NULL,
+        spec_hash TEXT NOT NULL, object_hash TEXT NOT NULL,
+        object TEXT NOT NULL, status TEXT,
+        file TEXT NOT NULL, line BIGINT NOT NULL, deleting BIGINT NOT NULL,
+        created TEXT NOT NULL, updated TEXT NOT NULL,
+        PRIMARY KEY (kind, namespace, name))",
+    "CREATE TABLE IF NOT EXISTS problems (
+        file TEXT NOT NULL, line BIGINT NOT NULL, col BIGINT NOT NULL, field TEXT NOT NULL, reason TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS events (
+        time TEXT NOT NULL, kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, uid TEXT NOT NULL,
+        type TEXT NOT NULL, reason TEXT NOT NULL, action TEXT NOT NULL, note TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS events_by_object ON events (kind, namespace, name, time)",
+];
+
+/// An object as stored: its manifest with the metadata the API server adds, and its status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredObject {
+    pub key: Key,
+    pub uid: String,
+    pub generation: i64,
+    /// The manifest with `metadata.uid`, `generation` and `creationTimestamp` set.
+    pub object: Value,
+    pub status: Option<Value>,
+    pub deleting: bool,
+    pub file: String,
+    pub line: i64,
+}
+
+impl StoredObject {
+    /// The object with its status, as `infrapilot get -o yaml` shows it and reconcilers read it.
+    pub fn full(&self) -> Value {
+        let mut full = self.object.clone();
+        if let (Some(status), Some(map)) = (&self.status, full.as_object_mut()) {
+            map.insert("status".to_owned(), status.clone());
+        }
+        full
+    }
+
+    pub fn object_ref(&self) -> ObjectRef {
+        ObjectRef {
+            kind: self.key.kind.clone(),
+            namespace: (!self.key.namespace.is_empty()).then(|| self.key.namespace.clone()),
+            name: self.key.name.clone(),
+            uid: self.uid.clone(),
+            generation: self.generation,
+        }
+    }
+}
+
+/// A stored event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub time: String,
+    pub event: Event,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+/// The database URL for a SQLite file, created if missing.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+impl Store {
+    /// Opens (and if needed creates) the state database at `url`.
+    pub async fn open(url: &str) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or(path);
+            if let Some(dir) = Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+        }
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(4)
+            .connect(url)
+            .await
+            .with_context(|| format!("cannot open the state database {}", redact_url(url)))?;
+        if url.starts_with("sqlite:") {
+            // Readers (`infrapilot get`) must not block on, or be blocked by, the operator.
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+        }
+        for statement in SCHEMA {
+            sqlx::query(statement)
+                .execute(&pool)
+                .await
+                .context("cannot create the state tables")?;
+        }
+        Ok(Store { pool })
+    }
+
+    /// Opens an existing state database for reading, failing clearly when there is none.
+    pub async fn open_existing(url: &str) -> anyhow::Result<Store> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or(path);
+            anyhow::ensure!(
+                Path::new(path).exists(),
+                "there is no state at {path}: run `infrapilot run --manifests DIR` in this directory first, or pass --state"
+            );
+        }
+        Self::open(url).await
+    }
+
+    pub fn pool(&self) -> AnyPool {
+        self.pool.clone()
+    }
+
+    /// What the sync planner needs to know of every object.
+    pub async fn index(&self) -> anyhow::Result<BTreeMap<Key, Stored>> {
+        let rows = sqlx::query("SELECT kind, namespace, name, uid, generation, spec_hash, object_hash, file, deleting FROM objects")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut index = BTreeMap::new();
+        for row in rows {
+            let key = Key {
+                kind: row.try_get(0)?,
+                namespace: row.try_get(1)?,
+                name: row.try_get(2)?,
+            };
+            index.insert(
+                key,
+                Stored {
+                    uid: row.try_get(3)?,
+                    generation: row.try_get(4)?,
+                    spec_hash: row.try_get(5)?,
+                    object_hash: row.try_get(6)?,
+                    file: row.try_get(7)?,
+                    deleting: row.try_get::<i64, _>(8)? != 0,
+                },
+            );
+        }
+        Ok(index)
+    }
+
+    /// Applies one planned change.
+    pub async fn apply(&self, change: &Change, now: Timestamp) -> anyhow::Result<()> {
+        let now = now.to_string();
+        match change {
+            Change::Create {
+                key,
+                uid,
+                object,
+                file,
+                line,
+            } => {
+                let object = stamp(object, uid, 1, &now);
+                sqlx::query(
+                    "INSERT INTO objects (kind, namespace, name, uid, generation, spec_hash, object_hash, object, status, file, line, deleting, created, updated)
+                     VALUES ($1, $2, $3, $4, 1, $5, $6, $7, NULL, $8, $9, 0, $10, $10)",
+                )
+                .bind(&key.kind)
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .bind(uid)
+                .bind(spec_hash(change))
+                .bind(hash_of(change))
+                .bind(object.to_string())
+                .bind(file)
+                .bind(i64::try_from(*line).unwrap_or(0))
+                .bind(&now)
+                .execute(&self.pool)
+                .await?;
+            }
+            Change::Update {
+                key,
+                generation,
+                object,
+                file,
+                line,
+            }
+            | Change::Revive {
+                key,
+                generation,
+                object,
+                file,
+                line,
+            } => {
+                let current = self
+                    .get(key)
+                    .await?
+                    .with_context(|| format!("{key} vanished during an update"))?;
+                let created = current
+                    .object
+                    .pointer("/metadata/creationTimestamp")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&now)
+                    .to_owned();
+                let object = stamp(object, &current.uid, *generation, &created);
+                sqlx::query(
+                    "UPDATE objects SET generation = $4, spec_hash = $5, object_hash = $6, object = $7, file = $8, line = $9, deleting = 0, updated = $10
+                     WHERE kind = $1 AND namespace = $2 AND name = $3",
+                )
+                .bind(&key.kind)
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .bind(generation)
+                .bind(spec_hash(change))
+                .bind(hash_of(change))
+                .bind(object.to_string())
+                .bind(file)
+                .bind(i64::try_from(*line).unwrap_or(0))
+                .bind(&now)
+                .execute(&self.pool)
+                .await?;
+            }
+            Change::Delete { key } => {
+                sqlx::query("UPDATE objects SET deleting = 1, updated = $4 WHERE kind = $1 AND namespace = $2 AND name = $3")
+                    .bind(&key.kind)
+                    .bind(&key.namespace)
+                    .bind(&key.name)
+                    .bind(&now)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &Key) -> anyhow::Result<Option<StoredObject>> {
+        let row = sqlx::query(
+            "SELECT kind, namespace, name, uid, generation, object, status, deleting, file, line FROM objects
+             WHERE kind = $1 AND namespace = $2 AND name = $3",
+        )
+            .bind(&key.kind)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| stored_object(&row)).transpose()
+    }
+
+    /// Objects of `kind` (all kinds when `None`) in `namespace` (all when `None`), by name.
+    pub async fn list(
+        &self,
+        kind: Option<&str>,
+        namespace: Option<&str>,
+    ) -> anyhow::Result<Vec<StoredObject>> {
+        let rows = sqlx::query(
+            "SELECT kind, namespace, name, uid, generation, object, status, deleting, file, line FROM objects
+             WHERE ($1 IS NULL OR kind = $1) AND ($2 IS NULL OR namespace = $2) ORDER BY kind, namespace, name",
+        )
+        .bind(kind)
+        .bind(namespace)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_object).collect()
+    }
+
+    /// Stores `status` for the object with `uid`, unless it is already stored: returns whether
+    /// anything was written.
+    pub async fn write_status(&self, key: &Key, uid: &str, status: &Value) -> anyhow::Result<bool> {
+        let text = status.to_string();
+        let result = sqlx::query(
+            "UPDATE objects SET status = $5 WHERE kind = $1 AND namespace = $2 AND name = $3 AND uid = $4
+             AND (status IS NULL OR status <> $5)",
+        )
+        .bind(&key.kind)
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .bind(uid)
+        .bind(&text)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Forgets an object whose deletion finished.
+    pub async fn forget(&self, key: &Key, uid: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3 AND uid = $4 AND deleting = 1")
+            .bind(&key.kind)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(uid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces the problems of the previous scan with `problems`.
+    pub async fn replace_problems(&self, problems: &[Problem]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM problems")
+            .execute(&mut *tx)
+            .await?;
+        for p in problems {
+            sqlx::query(
+                "INSERT INTO problems (file, line, col, field, reason) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&p.file)
+            .bind(i64::try_from(p.line).unwrap_or(0))
+            .bind(i64::try_from(p.column).unwrap_or(0))
+            .bind(&p.field)
+            .bind(&p.reason)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn problems(&self) -> anyhow::Result<Vec<Problem>> {
+        let rows = sqlx::query(
+            "SELECT file, line, col, field, reason FROM problems ORDER BY file, line, col",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Problem {
+                    file: row.try_get(0)?,
+                    line: u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0),
+                    column: u64::try_from(row.try_get::<i64, _>(2)?).unwrap_or(0),
+                    field: row.try_get(3)?,
+                    reason: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn add_event(
+        &self,
+        object: &ObjectRef,
+        event: &Event,
+        now: Timestamp,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO events (time, kind, namespace, name, uid, type, reason, action, note) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(format!("{now:.9}"))
+        .bind(&object.kind)
+        .bind(object.namespace.clone().unwrap_or_default())
+        .bind(&object.name)
+        .bind(&object.uid)
+        .bind(match event.type_ {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        })
+        .bind(&event.reason)
+        .bind(&event.action)
+        .bind(&event.note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The most recent `limit` events of an object, oldest first.
+    pub async fn events(&self, key: &Key, limit: i64) -> anyhow::Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT time, type, reason, action, note FROM events WHERE kind = $1 AND namespace = $2 AND name = $3 ORDER BY time DESC LIMIT $4",
+        )
+        .bind(&key.kind)
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    time: row.try_get(0)?,
+                    event: Event {
+                        type_: if row.try_get::<String, _>(1)? == "Warning" {
+                            EventType::Warning
+                        } else {
+                            EventType::Normal
+                        },
+                        reason: row.try_get(2)?,
+                        action: row.try_get(3)?,
+                        note: row.try_get(4)?,
+                    },
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        events.reverse();
+        Ok(events)
+    }
+}
+
+/// Reads a row of the object queries in `get` and `list` (same columns, same order).
+fn stored_object(row: &sqlx::any::AnyRow) -> anyhow::Result<StoredObject> {
+    let status: Option<String> = row.try_get(6)?;
+    Ok(StoredObject {
+        key: Key {
+            kind: row.try_get(0)?,
+            namespace: row.try_get(1)?,
+            name: row.try_get(2)?,
+        },
+        uid: row.try_get(3)?,
+        generation: row.try_get(4)?,
+        object: serde_json::from_str(&row.try_get::<String, _>(5)?)?,
+        status: status.map(|s| serde_json::from_str(&s)).transpose()?,
+        deleting: row.try_get::<i64, _>(7)? != 0,
+        file: row.try_get(8)?,
+        line: row.try_get(9)?,
+    })
+}
+
+/// The manifest with the metadata the API server would add.
+fn stamp(object: &Value, uid: &str, generation: i64, created: &str) -> Value {
+    let mut object = object.clone();
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.insert("uid".to_owned(), uid.into());
+        metadata.insert("generation".to_owned(), generation.into());
+        metadata.insert("creationTimestamp".to_owned(), created.into());
+    }
+    object
+}
+
+fn change_object(change: &Change) -> &Value {
+    match change {
+        Change::Create { object, .. }
+        | Change::Update { object, .. }
+        | Change::Revive { object, .. } => object,
+        Change::Delete { .. } => &Value::Null,
+    }
+}
+
+fn spec_hash(change: &Change) -> String {
+    hash(change_object(change).get("spec").unwrap_or(&Value::Null))
+}
+
+fn hash_of(change: &Change) -> String {
+    hash(change_object(change))
+}
+
+/// A database URL with any password replaced, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

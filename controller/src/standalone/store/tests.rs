@@ -1,0 +1,172 @@
+use std::collections::BTreeSet;
+
+use serde_json::json;
+
+use super::*;
+use crate::standalone::sync::{Scanned, plan};
+
+fn key(name: &str) -> Key {
+    Key {
+        kind: "AlertChannel".to_owned(),
+        namespace: "default".to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+fn scanned(name: &str, spec: Value) -> Scanned {
+    Scanned {
+        key: key(name),
+        file: "a.yaml".to_owned(),
+        line: 1,
+        object: json!({"apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertChannel", "metadata": {"name": name, "namespace": "default"}, "spec": spec}),
+    }
+}
+
+async fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&sqlite_url(&dir.path().join("state/state.db")))
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+async fn sync(store: &Store, docs: &[Scanned]) {
+    let index = store.index().await.unwrap();
+    let mut n = 0;
+    let p = plan(&index, docs, &BTreeSet::new(), || {
+        n += 1;
+        format!("uid-{n}")
+    });
+    for change in &p.changes {
+        store
+            .apply(change, Timestamp::from_second(1_800_000_000).unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn objects_are_stored_with_the_metadata_the_api_server_adds() {
+    let (_dir, store) = store().await;
+    sync(&store, &[scanned("ops", json!({"verify": true}))]).await;
+    let stored = store.get(&key("ops")).await.unwrap().unwrap();
+    assert_eq!((stored.uid.as_str(), stored.generation), ("uid-1", 1));
+    assert_eq!(stored.object["metadata"]["uid"], "uid-1");
+    assert_eq!(stored.object["metadata"]["generation"], 1);
+    assert_eq!(
+        stored.object["metadata"]["creationTimestamp"],
+        "2027-01-15T08:00:00Z"
+    );
+
+    sync(&store, &[scanned("ops", json!({"verify": false}))]).await;
+    let stored = store.get(&key("ops")).await.unwrap().unwrap();
+    assert_eq!((stored.uid.as_str(), stored.generation), ("uid-1", 2));
+    assert_eq!(
+        stored.object["metadata"]["creationTimestamp"],
+        "2027-01-15T08:00:00Z"
+    );
+    assert_eq!(
+        store.list(Some("AlertChannel"), None).await.unwrap().len(),
+        1
+    );
+    assert!(store.list(Some("Proxy"), None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn status_is_written_only_when_it_changed() {
+    let (_dir, store) = store().await;
+    sync(&store, &[scanned("ops", json!({}))]).await;
+    let status = json!({"verified": true});
+    assert!(
+        store
+            .write_status(&key("ops"), "uid-1", &status)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .write_status(&key("ops"), "uid-1", &status)
+            .await
+            .unwrap()
+    );
+    // A status for an older incarnation of the name is refused.
+    assert!(
+        !store
+            .write_status(&key("ops"), "uid-0", &json!({"x": 1}))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get(&key("ops")).await.unwrap().unwrap().full()["status"],
+        status
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_object_is_kept_until_its_cleanup_finishes() {
+    let (_dir, store) = store().await;
+    sync(&store, &[scanned("ops", json!({}))]).await;
+    sync(&store, &[]).await;
+    let stored = store.get(&key("ops")).await.unwrap().unwrap();
+    assert!(stored.deleting);
+    store.forget(&key("ops"), &stored.uid).await.unwrap();
+    assert!(store.get(&key("ops")).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn problems_are_replaced_and_events_listed_oldest_first() {
+    let (_dir, store) = store().await;
+    let problem = Problem {
+        file: "b.yaml".to_owned(),
+        line: 3,
+        column: 5,
+        field: "spec".to_owned(),
+        reason: "bad".to_owned(),
+    };
+    store
+        .replace_problems(std::slice::from_ref(&problem))
+        .await
+        .unwrap();
+    assert_eq!(store.problems().await.unwrap(), [problem]);
+    store.replace_problems(&[]).await.unwrap();
+    assert!(store.problems().await.unwrap().is_empty());
+
+    sync(&store, &[scanned("ops", json!({}))]).await;
+    let object = store.get(&key("ops")).await.unwrap().unwrap().object_ref();
+    for (second, reason) in [(1, "First"), (2, "Second")] {
+        let event = Event {
+            type_: EventType::Normal,
+            reason: reason.to_owned(),
+            action: "Verify".to_owned(),
+            note: String::new(),
+        };
+        store
+            .add_event(
+                &object,
+                &event,
+                Timestamp::from_second(1_800_000_000 + second).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let events = store.events(&key("ops"), 10).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.event.reason.as_str())
+            .collect::<Vec<_>>(),
+        ["First", "Second"]
+    );
+}
+
+#[test]
+fn passwords_in_database_urls_are_redacted() {
+    assert_eq!(
+        redact_url("postgres://app:s3cret@db:5432/state"),
+        "postgres://app:***@db:5432/state"
+    );
+    assert_eq!(
+        redact_url("sqlite://.infrapilot/state.db"),
+        "sqlite://.infrapilot/state.db"
+    );
+}
