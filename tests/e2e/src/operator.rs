@@ -60,6 +60,47 @@ impl Operator {
         })
     }
 
+    /// Starts `infrapilot run --manifests manifests` in `dir`; the manifests directory is
+    /// created and its path returned by [`Operator::manifests`].
+    pub fn standalone(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("manifests"))?;
+        Self::start(dir, &["run", "--manifests", "manifests"])
+    }
+
+    /// The manifests directory of a standalone operator.
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.join("manifests")
+    }
+
+    /// An object as `infrapilot get KIND NAME -o json` prints it.
+    pub async fn get(&self, kind: &str, name: &str) -> Result<serde_json::Value> {
+        let output = cli(&self.dir, &["get", kind, name, "-o", "json"]).await?;
+        anyhow::ensure!(
+            output.status.success(),
+            "infrapilot get {kind} {name} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// Waits until the object's condition `type_` has `status` for its current generation.
+    pub async fn wait_for_condition(
+        &self,
+        kind: &str,
+        name: &str,
+        type_: &str,
+        status: &str,
+    ) -> serde_json::Value {
+        crate::wait::wait_for_condition(
+            &format!("{kind} {name}"),
+            type_,
+            status,
+            Duration::from_secs(30),
+            || self.get(kind, name),
+        )
+        .await
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

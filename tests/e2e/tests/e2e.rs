@@ -7,3 +7,4 @@ mod audit;
 mod cli;
 mod delivery;
 mod smoke;
+mod standalone;
