@@ -232,7 +232,7 @@ fn age(seconds: i64) -> String {
 }
 
 /// Left-aligned columns separated by three spaces, as kubectl prints them.
-fn format_rows(rows: &[Vec<String>]) -> String {
+pub(super) fn format_rows(rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| {
             rows.iter()

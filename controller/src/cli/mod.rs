@@ -3,6 +3,7 @@
 
 mod audit;
 mod crd;
+mod describe;
 mod get;
 mod run;
 mod state;
@@ -28,6 +29,8 @@ pub enum Command {
     Run(run::Args),
     /// Show objects and their status, like `kubectl get`.
     Get(get::Args),
+    /// Show one object in full: spec, status, conditions and recent events.
+    Describe(describe::Args),
     /// Read, export and verify the audit log of side effects.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
             run::run(&args)
         }
         Command::Get(args) => get::run(&args),
+        Command::Describe(args) => describe::run(&args),
         Command::Audit(command) => audit::run(&command),
         Command::Crd(args) => crd::run(&args),
         Command::Validate(args) => validate::run(&args),
