@@ -7,6 +7,7 @@ pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod delivery;
+pub mod kubernetes;
 pub mod manifest;
 pub mod reconcile;
 pub mod secrets;
