@@ -17,6 +17,7 @@ pub struct Reply {
     response: Value,
     content_type: Option<&'static str>,
     body: Option<Value>,
+    body_fields: Vec<(&'static str, Value)>,
 }
 
 impl Reply {
@@ -28,11 +29,18 @@ impl Reply {
             response,
             content_type: None,
             body: None,
+            body_fields: Vec::new(),
         }
     }
 
     pub fn with_content_type(mut self, content_type: &'static str) -> Self {
         self.content_type = Some(content_type);
+        self
+    }
+
+    /// The request body's value at JSON pointer `pointer` must equal `value`.
+    pub fn with_body_field(mut self, pointer: &'static str, value: Value) -> Self {
+        self.body_fields.push((pointer, value));
         self
     }
 

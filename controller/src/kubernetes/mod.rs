@@ -3,6 +3,7 @@
 //! which both modes share.
 
 pub mod crd;
+pub mod events;
 pub mod secrets;
 pub mod status;
 
