@@ -27,6 +27,23 @@ pub enum SecretError {
     Unavailable(String),
 }
 
+impl SecretError {
+    pub fn not_found(namespace: &str, name: &str) -> Self {
+        SecretError::NotFound {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn missing_key(namespace: &str, name: &str, key: &str) -> Self {
+        SecretError::MissingKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+}
+
 /// Where secret values come from: the API server in Kubernetes mode, Secret manifests in
 /// standalone mode.
 #[async_trait]
@@ -85,17 +102,10 @@ impl SecretSource for SecretMap {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let data = secrets
             .get(&(namespace.to_owned(), name.to_owned()))
-            .ok_or_else(|| SecretError::NotFound {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            })?;
+            .ok_or_else(|| SecretError::not_found(namespace, name))?;
         data.get(key)
             .cloned()
-            .ok_or_else(|| SecretError::MissingKey {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                key: key.to_owned(),
-            })
+            .ok_or_else(|| SecretError::missing_key(namespace, name, key))
     }
 }
 

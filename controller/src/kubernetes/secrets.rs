@@ -32,10 +32,7 @@ impl SecretSource for KubeSecrets {
             .get_opt(name)
             .await
             .map_err(|e| SecretError::Unavailable(e.to_string()))?
-            .ok_or_else(|| SecretError::NotFound {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            })?;
+            .ok_or_else(|| SecretError::not_found(namespace, name))?;
         let from_data = secret
             .data
             .and_then(|mut data| data.remove(key))
@@ -46,11 +43,7 @@ impl SecretSource for KubeSecrets {
             .map(String::into_bytes);
         from_data
             .or(from_string_data)
-            .ok_or_else(|| SecretError::MissingKey {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                key: key.to_owned(),
-            })
+            .ok_or_else(|| SecretError::missing_key(namespace, name, key))
     }
 }
 
