@@ -83,14 +83,23 @@ impl ApiServer {
                     Some(content_type)
                 );
             }
-            if let Some(expected) = &reply.body {
+            if reply.body.is_some() || !reply.body_fields.is_empty() {
                 let bytes = request
                     .into_body()
                     .collect_bytes()
                     .await
                     .expect("a request body");
                 let body: Value = serde_json::from_slice(&bytes).expect("a JSON request body");
-                assert_eq!(&body, expected);
+                if let Some(expected) = &reply.body {
+                    assert_eq!(&body, expected);
+                }
+                for (pointer, expected) in &reply.body_fields {
+                    assert_eq!(
+                        body.pointer(pointer),
+                        Some(expected),
+                        "{pointer} of the request body {body}"
+                    );
+                }
             }
             let response = Response::builder()
                 .status(reply.status)
