@@ -13,6 +13,7 @@ pub mod reconcile;
 pub mod secrets;
 pub mod standalone;
 pub mod status;
+pub mod telemetry;
 
 /// The version of this build, as `infrapilot --version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

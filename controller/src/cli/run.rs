@@ -1,19 +1,23 @@
-//! `infrapilot run`: the operator.
+//! `infrapilot run`: the operator, in standalone mode (`--manifests`) or against a cluster.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use super::state::StateArgs;
-use crate::standalone::runtime::{self, Options};
+use crate::kubernetes::leader::LeaseOptions;
+use crate::kubernetes::runtime as kubernetes;
+use crate::standalone::runtime as standalone;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Manifest files or directories to reconcile without a cluster (standalone mode). Every
     /// `*.yaml` / `*.yml` below a directory is read and watched for changes. Repeatable.
+    /// Without it, the operator runs against the cluster of KUBECONFIG, ~/.kube/config or
+    /// its pod's service account.
     #[arg(
         long = "manifests",
-        required = true,
         env = "INFRAPILOT_MANIFESTS",
         value_delimiter = ',',
         value_name = "PATH"
@@ -22,6 +26,7 @@ pub struct Args {
     #[command(flatten)]
     pub state: StateArgs,
     /// The audit log's HMAC key file, generated on first start [default: STATE_DIR/audit.key].
+    /// In a cluster, mount it from a Secret so that every replica signs with the same key.
     #[arg(long, env = "INFRAPILOT_AUDIT_KEY", value_name = "FILE")]
     pub audit_key: Option<PathBuf>,
     /// How often every object is reconciled again even when nothing changed.
@@ -30,6 +35,41 @@ pub struct Args {
     /// How long one notification delivery may take.
     #[arg(long, env = "INFRAPILOT_DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub delivery_timeout: Duration,
+    /// Where to serve /livez, /readyz and /metrics [default: 0.0.0.0:8080 against a cluster;
+    /// not served in standalone mode unless given].
+    #[arg(long, env = "INFRAPILOT_PROBE_ADDRESS", value_name = "ADDRESS:PORT")]
+    pub probe_address: Option<SocketAddr>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Options of Kubernetes mode only.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Kubernetes mode")]
+pub struct ClusterArgs {
+    /// Watch only this namespace [default: all namespaces].
+    #[arg(long, env = "INFRAPILOT_WATCH_NAMESPACE", value_name = "NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Elect a leader on a coordination.k8s.io Lease, so that several replicas are safe.
+    #[arg(long, env = "INFRAPILOT_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub leader_election: bool,
+    /// The leader election Lease's name.
+    #[arg(long, env = "INFRAPILOT_LEASE_NAME", default_value = "infrapilot")]
+    pub lease_name: String,
+    /// The leader election Lease's namespace [default: the pod's namespace, else `default`].
+    #[arg(long, env = "INFRAPILOT_LEASE_NAMESPACE", value_name = "NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long a leader's Lease lasts without renewal: how soon a standby takes over from a
+    /// replica that died.
+    #[arg(long, env = "INFRAPILOT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// This replica's name in the Lease and in Events [default: the pod name (POD_NAME), else
+    /// the host name].
+    #[arg(long, env = "INFRAPILOT_INSTANCE", value_name = "NAME")]
+    pub instance: Option<String>,
+    /// How long to wait at start for the CustomResourceDefinitions to be established.
+    #[arg(long, env = "INFRAPILOT_CRD_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub crd_timeout: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -38,21 +78,80 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let options = Options {
-        manifests: args.manifests.clone(),
-        state_url: args.state.url(),
-        audit_key: args
-            .audit_key
-            .clone()
-            .unwrap_or_else(|| args.state.state_dir.join("audit.key")),
-        resync: args.resync,
-        delivery_timeout: args.delivery_timeout,
-    };
+    let audit_key = args
+        .audit_key
+        .clone()
+        .unwrap_or_else(|| args.state.state_dir.join("audit.key"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(runtime::run(options, shutdown_signal()))?;
+    if args.manifests.is_empty() {
+        let options = kubernetes::Options {
+            namespace: args.cluster.watch_namespace.clone(),
+            lease: args
+                .cluster
+                .leader_election
+                .then(|| lease_options(&args.cluster)),
+            state_url: args.state.url(),
+            audit_key,
+            resync: args.resync,
+            delivery_timeout: args.delivery_timeout,
+            probe_address: args
+                .probe_address
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+            crd_timeout: args.cluster.crd_timeout,
+            instance: Some(instance(&args.cluster)),
+        };
+        runtime.block_on(kubernetes::run(options, shutdown_signal()))?;
+    } else {
+        let options = standalone::Options {
+            manifests: args.manifests.clone(),
+            state_url: args.state.url(),
+            audit_key,
+            resync: args.resync,
+            delivery_timeout: args.delivery_timeout,
+            probe_address: args.probe_address,
+        };
+        runtime.block_on(standalone::run(options, shutdown_signal()))?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The replica's name: given, the pod's, or the host's.
+fn instance(args: &ClusterArgs) -> String {
+    args.instance
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "infrapilot".to_owned())
+}
+
+/// The service account's namespace file, present in every pod.
+const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+fn lease_options(args: &ClusterArgs) -> LeaseOptions {
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| std::fs::read_to_string(POD_NAMESPACE_FILE).ok())
+        .map(|namespace| namespace.trim().to_owned())
+        .filter(|namespace| !namespace.is_empty())
+        .unwrap_or_else(|| "default".to_owned());
+    // A replica restarted under the same pod name must not take its old Lease for its own
+    // while another replica may have taken over: add a random suffix.
+    let identity = format!(
+        "{}-{}",
+        instance(args),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    LeaseOptions {
+        name: args.lease_name.clone(),
+        namespace,
+        identity,
+        duration: args.lease_duration,
+    }
 }
 
 /// SIGTERM (service managers, `docker stop`, Kubernetes) or SIGINT (Ctrl-C).

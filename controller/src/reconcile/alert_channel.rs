@@ -272,3 +272,33 @@ async fn record_delivery(
 
 #[cfg(test)]
 mod tests;
+
+/// The AlertChannel reconciler as the runtimes drive it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AlertChannels;
+
+#[async_trait::async_trait]
+impl super::Reconciler for AlertChannels {
+    type Object = AlertChannel;
+    type Status = AlertChannelStatus;
+
+    const CONTROLLER: &'static str = CONTROLLER;
+    // A channel owns nothing outside its object: deleting it needs no cleanup.
+    const FINALIZER: Option<&'static str> = None;
+
+    fn status(object: &AlertChannel) -> Option<&AlertChannelStatus> {
+        object.status.as_ref()
+    }
+
+    fn set_status(object: &mut AlertChannel, status: AlertChannelStatus) {
+        object.status = Some(status);
+    }
+
+    async fn reconcile(&self, object: &AlertChannel, ctx: &Context) -> Applied<AlertChannelStatus> {
+        reconcile(object, ctx).await
+    }
+
+    async fn cleanup(&self, _object: &AlertChannel, _ctx: &Context) -> Result<(), Failure> {
+        Ok(())
+    }
+}

@@ -8,7 +8,7 @@
 
 pub mod alert_channel;
 #[cfg(test)]
-mod tests_support;
+pub(crate) mod tests_support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,9 +94,46 @@ pub struct Applied<S> {
 }
 
 /// A failed reconcile, for backoff, metrics and events.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct Failure {
     /// Low cardinality: `secret`, `unreachable`, `rejected`, `timeout`, `config`.
     pub category: &'static str,
     pub message: String,
+}
+
+/// One kind's reconciler, as both runtimes drive it.
+///
+/// The runtimes own everything around the call: reading the object, finalizers, writing the
+/// status only when it changed, backoff, metrics. The reconciler owns what the object means.
+#[async_trait]
+pub trait Reconciler: Send + Sync + 'static {
+    type Object: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static;
+    type Status: serde::Serialize + PartialEq + Clone + Send + Sync + 'static;
+
+    /// The controller's name: in audit records, metrics and the field manager
+    /// `infrapilot.io/<controller>`.
+    const CONTROLLER: &'static str;
+    /// The finalizer that guards cleanup, for kinds that own something outside their object.
+    /// `None` for kinds that own nothing: a finalizer would then only block deletion while the
+    /// operator is down.
+    const FINALIZER: Option<&'static str>;
+
+    /// The status the object carries now.
+    fn status(object: &Self::Object) -> Option<&Self::Status>;
+
+    fn set_status(object: &mut Self::Object, status: Self::Status);
+
+    /// Converges the world to the object and returns the status it should have.
+    async fn reconcile(&self, object: &Self::Object, ctx: &Context) -> Applied<Self::Status>;
+
+    /// Undoes what the object owns before it goes. Only called for kinds with a finalizer.
+    async fn cleanup(&self, object: &Self::Object, ctx: &Context) -> Result<(), Failure>;
 }

@@ -28,6 +28,7 @@ use crate::delivery::Deliverer;
 use crate::manifest::{self, Object, Outcome, Problem};
 use crate::reconcile::{Context, Event, Events, Requeue, alert_channel};
 use crate::secrets::{SecretMap, Secrets};
+use crate::telemetry::{self, Health, Metrics};
 
 /// How the runtime is set up.
 #[derive(Clone, Debug)]
@@ -42,6 +43,8 @@ pub struct Options {
     pub resync: Duration,
     /// How long one notification delivery may take.
     pub delivery_timeout: Duration,
+    /// Where to serve /livez, /readyz and /metrics, if anywhere.
+    pub probe_address: Option<std::net::SocketAddr>,
 }
 
 /// Runs until `shutdown` completes.
@@ -66,7 +69,23 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         }),
         now: Timestamp::now,
     };
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new("reading the manifests"));
+    let (stop_probes, probes_stopped) = tokio::sync::oneshot::channel::<()>();
+    let probes = match options.probe_address {
+        Some(address) => {
+            let stopped = async {
+                let _ = probes_stopped.await;
+            };
+            let (bound, task) =
+                telemetry::serve(address, health.clone(), metrics.clone(), stopped).await?;
+            info!("serving /livez, /readyz and /metrics on http://{bound}");
+            Some(task)
+        }
+        None => None,
+    };
     let mut runtime = Runtime {
+        metrics,
         store,
         ctx,
         secrets,
@@ -81,6 +100,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
 
     runtime.scan().await?;
     runtime.queue_everything().await?;
+    health.set(true, "the manifests have been read");
     info!(manifests = ?options.manifests, "standalone mode started");
 
     tokio::pin!(shutdown);
@@ -118,11 +138,17 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
             }
         }
     }
+    health.set(false, "shutting down");
+    let _ = stop_probes.send(());
+    if let Some(task) = probes {
+        let _ = task.await;
+    }
     info!("standalone mode stopped");
     Ok(())
 }
 
 struct Runtime {
+    metrics: Arc<Metrics>,
     store: Store,
     ctx: Context,
     secrets: Arc<SecretMap>,
@@ -270,7 +296,13 @@ impl Runtime {
                 return Ok(());
             }
         };
+        let started = Instant::now();
         let applied = alert_channel::reconcile(&channel, &self.ctx).await;
+        self.metrics.reconciled(
+            alert_channel::CONTROLLER,
+            started.elapsed(),
+            applied.failure.as_ref().map(|f| f.category),
+        );
         let status = serde_json::to_value(&applied.status)?;
         if self.store.write_status(key, &object.uid, &status).await? {
             let ready = applied.status.conditions.get(crate::status::READY);

@@ -51,6 +51,20 @@ impl KubeEmulator {
         Ok(kube::Client::try_from(config)?)
     }
 
+    /// Writes a kubeconfig for the emulator (namespace `default`) to `path`, for processes
+    /// started with `KUBECONFIG`.
+    pub fn write_kubeconfig(&self, path: &std::path::Path) -> Result<()> {
+        let config = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: kmock\n\
+             clusters:\n- name: kmock\n  cluster:\n    server: {}\n\
+             users:\n- name: kmock\n  user: {{}}\n\
+             contexts:\n- name: kmock\n  context:\n    cluster: kmock\n    user: kmock\n    namespace: default\n",
+            self.url
+        );
+        std::fs::write(path, config)?;
+        Ok(())
+    }
+
     pub fn log(&self) -> String {
         self.process.log()
     }

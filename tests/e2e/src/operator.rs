@@ -43,6 +43,11 @@ impl Operator {
     /// Starts `infrapilot ARGS` in `dir` (created if needed), logging to `dir/infrapilot.log`.
     /// The process is killed if the `Operator` is dropped without [`Operator::stop`].
     pub fn start(dir: &Path, args: &[&str]) -> Result<Self> {
+        Self::start_with_env(dir, args, &[])
+    }
+
+    /// [`Operator::start`] with extra environment variables (such as `KUBECONFIG`).
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut command = Command::new(binary());
         command
@@ -52,7 +57,8 @@ impl Operator {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied());
         let process = Process::spawn("infrapilot", command, &dir.join("infrapilot.log"))?;
         Ok(Self {
             dir: dir.to_owned(),
@@ -97,6 +103,23 @@ impl Operator {
             status,
             Duration::from_secs(30),
             || self.get(kind, name),
+        )
+        .await
+    }
+
+    /// The address of `/livez`, `/readyz` and `/metrics`, as the operator logs it once it
+    /// listens (start it with `--probe-address 127.0.0.1:0`).
+    pub async fn probe_address(&self) -> String {
+        crate::wait::eventually(
+            "the probe address in the log",
+            Duration::from_secs(30),
+            || async {
+                let log = self.log();
+                log.lines()
+                    .find_map(|line| line.split("/metrics on http://").nth(1))
+                    .map(|address| address.trim().to_owned())
+                    .ok_or_else(|| format!("log so far: {log}"))
+            },
         )
         .await
     }

@@ -6,5 +6,6 @@
 mod audit;
 mod cli;
 mod delivery;
+mod kubernetes;
 mod smoke;
 mod standalone;

@@ -1,0 +1,387 @@
+//! Kubernetes mode against kmock's emulator: the real `infrapilot run` binary, its real kube
+//! `Controller` over HTTP, leader election on a real Lease object, probes and metrics.
+
+use std::time::Duration;
+
+use infrapilot::api::Kind;
+use infrapilot_e2e::kmock::KubeEmulator;
+use infrapilot_e2e::operator::Operator;
+use infrapilot_e2e::wait::eventually;
+use infrapilot_e2e::webhook::WebhookServer;
+use infrapilot_e2e::{env, names};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, CustomResourceDefinitionCondition, CustomResourceDefinitionStatus,
+};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
+use serde_json::json;
+
+const RESOURCES: [&str; 5] = [
+    "apiextensions.k8s.io/v1/customresourcedefinitions",
+    "infrapilot.io/v1alpha1/alertchannels",
+    "coordination.k8s.io/v1/leases",
+    "events.k8s.io/v1/events",
+    "v1/secrets",
+];
+
+/// An emulated cluster with our CRD installed, a client of it, and a webhook receiver.
+async fn cluster() -> (KubeEmulator, kube::Client, WebhookServer) {
+    let emulator = KubeEmulator::start(&RESOURCES)
+        .await
+        .expect("the emulator starts");
+    let client = emulator.client().expect("a client of the emulator");
+    install_crd(client.clone()).await;
+    let hook = WebhookServer::start()
+        .await
+        .expect("the webhook receiver starts");
+    (emulator, client, hook)
+}
+
+/// Installs the AlertChannel CRD, marked Established (the emulator has no apiextensions
+/// controller to do it).
+async fn install_crd(client: kube::Client) {
+    let mut crd = Kind::AlertChannel.crd().clone();
+    crd.status = Some(CustomResourceDefinitionStatus {
+        conditions: Some(vec![CustomResourceDefinitionCondition {
+            type_: "Established".to_owned(),
+            status: "True".to_owned(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    Api::<CustomResourceDefinition>::all(client)
+        .create(&PostParams::default(), &crd)
+        .await
+        .expect("the emulator stores the CRD");
+}
+
+fn channels(client: kube::Client) -> Api<DynamicObject> {
+    let resource = ApiResource {
+        group: "infrapilot.io".to_owned(),
+        version: "v1alpha1".to_owned(),
+        api_version: "infrapilot.io/v1alpha1".to_owned(),
+        kind: "AlertChannel".to_owned(),
+        plural: "alertchannels".to_owned(),
+    };
+    Api::namespaced_with(client, "default", &resource)
+}
+
+fn ready(object: &DynamicObject) -> Option<(String, String)> {
+    object.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+#[tokio::test]
+async fn an_alert_channel_created_in_the_cluster_is_verified_and_its_status_written() {
+    let (emulator, client, hook) = cluster().await;
+
+    let operator = start_replica(&emulator, "replica-a");
+    let probes = format!("http://{}", operator.probe_address().await);
+
+    // The webhook URL comes from a Secret, read from the API by reference.
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "hook", "namespace": "default"},
+        "stringData": {"url": hook.url("/alerts")},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let channel: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertChannel",
+        "metadata": {"name": "ops", "namespace": "default"},
+        "spec": {"webhook": {"urlSecretRef": {"name": "hook", "key": "url"}}, "verify": true},
+    }))
+    .unwrap();
+    let api = channels(client.clone());
+    api.create(&PostParams::default(), &channel).await.unwrap();
+
+    let reconciled = eventually(
+        "the channel to be Ready",
+        Duration::from_secs(30),
+        || async {
+            let object = api.get("ops").await.map_err(|e| e.to_string())?;
+            match ready(&object) {
+                Some((status, reason)) if status == "True" => Ok((object, reason)),
+                other => Err(format!(
+                    "Ready is {other:?}; operator log:\n{}",
+                    operator.log()
+                )),
+            }
+        },
+    )
+    .await;
+    assert_eq!(reconciled.1, "Verified");
+    assert_eq!(reconciled.0.data["status"]["verified"], true);
+    assert_eq!(reconciled.0.data["status"]["observedGeneration"], 1);
+    let requests = hook.wait_for_requests(1, Duration::from_secs(5)).await;
+    assert_eq!(requests[0].path, "/alerts");
+    assert_eq!(requests[0].json().unwrap()["kind"], "Verification");
+
+    // The leader holds the Lease; the delivery and its audit record are Events on the object.
+    let holder = lease_holder(client.clone()).await.unwrap_or_default();
+    assert!(holder.starts_with("replica-a-"), "holder {holder:?}");
+    let events = eventually("the events", Duration::from_secs(10), || async {
+        let list = client
+            .request::<serde_json::Value>(http_get(
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        let reasons: Vec<String> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["regarding"]["name"] == "ops")
+            .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+            .collect();
+        if reasons.contains(&"Verified".to_owned()) && reasons.contains(&"Audited".to_owned()) {
+            Ok(reasons)
+        } else {
+            Err(format!("events so far: {reasons:?}"))
+        }
+    })
+    .await;
+    assert!(!events.is_empty());
+
+    // Ready once the watch cache synced; metrics count the reconcile without object names.
+    wait_readyz(&probes, "every watch cache has synced").await;
+    let metrics = reqwest::get(format!("{probes}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("infrapilot_reconciles_total{controller=\"alertchannel\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("infrapilot_leader 1"), "{metrics}");
+    assert!(
+        !metrics.contains("ops"),
+        "no object names in metrics: {metrics}"
+    );
+
+    // A spec change is verified again; the status stays written by the operator.
+    let change = json!({"spec": {"webhook": {"method": "PUT"}}});
+    api.patch("ops", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap();
+    let requests = hook.wait_for_requests(2, Duration::from_secs(30)).await;
+    assert_eq!(requests[1].method, "PUT");
+
+    // SIGTERM: reconciles finish, the Lease is given up for a standby to take at once.
+    operator.stop().await.unwrap();
+    let holder = lease_holder(client).await;
+    assert!(
+        holder.as_deref().is_none_or(str::is_empty),
+        "the Lease is still held by {holder:?}"
+    );
+}
+
+/// Who holds the leader Lease.
+async fn lease_holder(client: kube::Client) -> Option<String> {
+    Api::<Lease>::namespaced(client, "default")
+        .get("infrapilot")
+        .await
+        .expect("the Lease exists")
+        .spec
+        .and_then(|s| s.holder_identity)
+}
+
+/// Starts `infrapilot run` against the emulator as replica `instance`.
+fn start_replica(emulator: &KubeEmulator, instance: &str) -> Operator {
+    let dir = env::test_dir(&names::unique(instance));
+    std::fs::create_dir_all(&dir).expect("the test directory");
+    let kubeconfig = dir.join("kubeconfig");
+    emulator
+        .write_kubeconfig(&kubeconfig)
+        .expect("the kubeconfig is written");
+    Operator::start_with_env(
+        &dir,
+        &[
+            "run",
+            "--probe-address",
+            "127.0.0.1:0",
+            "--lease-namespace",
+            "default",
+            "--lease-duration",
+            "3s",
+            "--instance",
+            instance,
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("a UTF-8 path"))],
+    )
+    .expect("the operator starts")
+}
+
+/// Waits until `/readyz` answers 200 with a reason containing `reason`.
+async fn wait_readyz(probes: &str, reason: &str) {
+    eventually(
+        &format!("/readyz to say {reason}"),
+        Duration::from_secs(20),
+        || async {
+            let response = reqwest::get(format!("{probes}/readyz"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let text = response.text().await.map_err(|e| e.to_string())?;
+            if status == 200 && text.contains(reason) {
+                Ok(())
+            } else {
+                Err(format!("{status}: {text}"))
+            }
+        },
+    )
+    .await;
+}
+
+async fn wait_ready(
+    api: &Api<DynamicObject>,
+    name: &str,
+    operators: &[&Operator],
+) -> (String, String) {
+    eventually(
+        &format!("{name} to have a Ready condition"),
+        Duration::from_secs(30),
+        || async {
+            let object = api.get(name).await.map_err(|e| e.to_string())?;
+            ready(&object).ok_or_else(|| {
+                let logs: Vec<String> = operators.iter().map(|o| o.log()).collect();
+                format!(
+                    "no Ready condition yet; operator logs:\n{}",
+                    logs.join("\n---\n")
+                )
+            })
+        },
+    )
+    .await
+}
+
+fn webhook_channel(name: &str, url: &str) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertChannel",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"webhook": {"url": url}, "verify": true},
+    }))
+    .expect("a valid AlertChannel")
+}
+
+#[tokio::test]
+async fn a_standby_replica_takes_over_when_the_leader_stops() {
+    let (emulator, client, hook) = cluster().await;
+    let api = channels(client.clone());
+
+    let first = start_replica(&emulator, "replica-a");
+    let first_probes = format!("http://{}", first.probe_address().await);
+    wait_readyz(&first_probes, "leading").await;
+    let second = start_replica(&emulator, "replica-b");
+    let second_probes = format!("http://{}", second.probe_address().await);
+    // The standby is healthy and ready to take over, but does not reconcile.
+    wait_readyz(&second_probes, "standby").await;
+
+    api.create(
+        &PostParams::default(),
+        &webhook_channel("first", &hook.url("/first")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        wait_ready(&api, "first", &[&first, &second]).await.0,
+        "True"
+    );
+    assert!(second.log().contains("waiting to lead"), "{}", second.log());
+    assert!(
+        !second.log().contains("status updated"),
+        "the standby reconciled:\n{}",
+        second.log()
+    );
+
+    // The leader stops and gives the Lease up; the standby takes over and reconciles.
+    first.stop().await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &webhook_channel("second", &hook.url("/second")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(wait_ready(&api, "second", &[&second]).await.0, "True");
+    let holder = lease_holder(client).await.unwrap_or_default();
+    assert!(holder.starts_with("replica-b-"), "holder {holder:?}");
+    // Each channel was verified exactly once, whichever replica did it.
+    let paths: Vec<String> = hook.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/first", "/second"]);
+    second.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreadable_object_is_reported_and_the_others_keep_reconciling() {
+    let (emulator, client, hook) = cluster().await;
+    let api = channels(client.clone());
+    // The API server's schema would refuse this; an older CRD or a newer client may not.
+    let broken: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertChannel",
+        "metadata": {"name": "broken", "namespace": "default"},
+        "spec": {"webhook": {"url": hook.url("/broken"), "method": "TELEPORT"}},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &broken).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &webhook_channel("good", &hook.url("/good")),
+    )
+    .await
+    .unwrap();
+
+    let operator = start_replica(&emulator, "replica-a");
+    assert_eq!(
+        wait_ready(&api, "broken", &[&operator]).await,
+        ("False".to_owned(), "InvalidSpec".to_owned())
+    );
+    let object = api.get("broken").await.unwrap();
+    let message = object.data["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("TELEPORT"), "{message}");
+    assert_eq!(
+        wait_ready(&api, "good", &[&operator]).await,
+        ("True".to_owned(), "Verified".to_owned())
+    );
+    // Fixing the object brings it back.
+    let fix = json!({"spec": {"webhook": {"method": "POST"}}});
+    api.patch("broken", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    eventually(
+        "the fixed channel to be Ready",
+        Duration::from_secs(30),
+        || async {
+            let object = api.get("broken").await.map_err(|e| e.to_string())?;
+            match ready(&object) {
+                Some((status, _)) if status == "True" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    operator.stop().await.unwrap();
+}
+
+fn http_get(path: &str) -> http::Request<Vec<u8>> {
+    http::Request::get(path)
+        .body(Vec::new())
+        .expect("a valid request")
+}
