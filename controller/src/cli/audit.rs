@@ -109,18 +109,19 @@ pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
                         r.detail
                     ));
                 }
-                #[allow(clippy::print_stdout)]
-                {
-                    print!("{out}");
-                }
+                super::write_stdout(&out)?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Export(args) => {
                 let log = open(&args.key).await?;
                 let mut out = std::io::stdout().lock();
-                log.export(&args.filter.filter(), args.format, &mut out)
-                    .await?;
-                Ok(ExitCode::SUCCESS)
+                match log
+                    .export(&args.filter.filter(), args.format, &mut out)
+                    .await
+                {
+                    Err(error) if !super::is_broken_pipe(&error) => Err(error),
+                    _ => Ok(ExitCode::SUCCESS),
+                }
             }
             Command::Verify(args) => {
                 let log = open(args).await?;

@@ -61,10 +61,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         };
         let events = store.events(&key, 20).await?;
         let text = render(&object, &events)?;
-        #[allow(clippy::print_stdout)]
-        {
-            print!("{text}");
-        }
+        super::write_stdout(&text)?;
         Ok(ExitCode::SUCCESS)
     })
 }

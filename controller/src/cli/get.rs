@@ -85,10 +85,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             found.push((*kind, objects));
         }
         let text = render(&found, args, jiff::Timestamp::now())?;
-        #[allow(clippy::print_stdout)]
-        {
-            print!("{text}");
-        }
+        super::write_stdout(&text)?;
         if found.iter().all(|(_, objects)| objects.is_empty()) && args.output.is_none() {
             if args.all_namespaces {
                 eprintln!("No resources found");

@@ -72,10 +72,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .flat_map(|p| manifest::read_path(p))
         .collect();
     let (text, ok) = report(&outcomes);
-    #[allow(clippy::print_stdout)]
-    {
-        print!("{text}");
-    }
+    super::write_stdout(&text)?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
