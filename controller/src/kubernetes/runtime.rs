@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_trait::async_trait;
 use jiff::Timestamp;
 use tokio::sync::watch;
@@ -60,10 +59,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let stop = Stop::new(shutdown);
-    let client = kube::Client::try_default().await.context(
-        "no Kubernetes cluster is configured (KUBECONFIG, ~/.kube/config or in-cluster); \
-         to run without a cluster, give --manifests DIR",
-    )?;
+    // kube's error already carries its causes in its message: no context chain on top.
+    let client = kube::Client::try_default().await.map_err(|error| {
+        anyhow::anyhow!(
+            "cannot reach a Kubernetes cluster ({error}); to run without a cluster, give \
+             --manifests DIR"
+        )
+    })?;
 
     let health = Arc::new(Health::new("waiting for the CustomResourceDefinitions"));
     let metrics = Arc::new(Metrics::new());
