@@ -6,6 +6,7 @@
 mod audit;
 mod cli;
 mod delivery;
+mod install;
 mod kubernetes;
 mod smoke;
 mod standalone;
