@@ -102,6 +102,20 @@ impl Kind {
         self.crd().spec.scope == "Namespaced"
     }
 
+    /// Whether the schema has transition rules (`oldSelf`, such as immutable fields), which
+    /// an update must be checked against with the previous version.
+    pub fn has_transition_rules(self) -> bool {
+        static WITH_RULES: OnceLock<Vec<bool>> = OnceLock::new();
+        WITH_RULES.get_or_init(|| {
+            Kind::ALL
+                .into_iter()
+                .map(|kind| {
+                    serde_json::to_string(kind.schema()).is_ok_and(|text| text.contains("oldSelf"))
+                })
+                .collect()
+        })[self as usize]
+    }
+
     /// The `openAPIV3Schema` of the kind's only version.
     pub fn schema(
         self,
@@ -133,6 +147,15 @@ mod tests {
         assert_eq!(Kind::lookup("bvr"), Some(Kind::BackupValidationRun));
         assert_eq!(Kind::lookup("tenants"), Some(Kind::Tenant));
         assert_eq!(Kind::lookup("pods"), None);
+    }
+
+    #[test]
+    fn immutable_fields_make_transition_rules() {
+        let with_rules: Vec<Kind> = Kind::ALL
+            .into_iter()
+            .filter(|k| k.has_transition_rules())
+            .collect();
+        assert_eq!(with_rules, [Kind::Tenant, Kind::BackupValidationRun]);
     }
 
     #[test]

@@ -228,6 +228,12 @@ impl Runtime {
             }
             self.secrets_seen = Some(secrets);
         }
+        let index = self.store.index().await?;
+        let refused = self.check_transitions(&index, &mut scanned).await?;
+        for (problem, file) in refused {
+            broken.insert(file);
+            problems.push(problem);
+        }
         if self.problems.as_ref() != Some(&problems) {
             for problem in &problems {
                 warn!("{problem}");
@@ -238,8 +244,6 @@ impl Runtime {
             self.store.replace_problems(&problems).await?;
             self.problems = Some(problems);
         }
-
-        let index = self.store.index().await?;
         let plan = sync::plan(&index, &scanned, &broken, || {
             uuid::Uuid::new_v4().to_string()
         });
@@ -262,6 +266,52 @@ impl Runtime {
             self.queue.at(key.clone(), Instant::now());
         }
         Ok(())
+    }
+
+    /// Checks changed specs against their stored version for the kind's transition rules
+    /// (`oldSelf`: immutable fields), as the API server does on update. A refused change is
+    /// taken out of `scanned`, so the object keeps its last good version, and returned as a
+    /// problem with its file.
+    async fn check_transitions(
+        &self,
+        index: &BTreeMap<Key, sync::Stored>,
+        scanned: &mut Vec<Scanned>,
+    ) -> anyhow::Result<Vec<(Problem, String)>> {
+        let mut refused = Vec::new();
+        let mut kept = Vec::with_capacity(scanned.len());
+        for doc in scanned.drain(..) {
+            let kind = Kind::from_name(&doc.key.kind);
+            let stored = match (kind, index.get(&doc.key)) {
+                (Some(kind), Some(stored)) if kind.has_transition_rules() && !stored.deleting => {
+                    self.store.get(&doc.key).await?.map(|s| (kind, s))
+                }
+                _ => None,
+            };
+            if let Some((kind, old)) = stored
+                && old.object.get("spec") != doc.object.get("spec")
+            {
+                let violations = manifest::schema::check(kind, &doc.object, Some(&old.object));
+                if let Some(violation) = violations.first() {
+                    refused.push((
+                        Problem {
+                            file: doc.file.clone(),
+                            line: doc.line,
+                            column: 1,
+                            field: manifest::field_path(&violation.path),
+                            reason: format!(
+                                "{}; {} keeps its current version",
+                                violation.reason, doc.key
+                            ),
+                        },
+                        doc.file.clone(),
+                    ));
+                    continue;
+                }
+            }
+            kept.push(doc);
+        }
+        *scanned = kept;
+        Ok(refused)
     }
 
     async fn queue_everything(&mut self) -> anyhow::Result<()> {

@@ -23,6 +23,24 @@ fn write(operator: &Operator, file: &str, text: &str) {
     std::fs::rename(tmp, path).expect("renaming a manifest into place");
 }
 
+/// Waits until `infrapilot get KIND` reports a problem containing `needle`; returns the report.
+async fn wait_for_problem(operator: &Operator, kind: &str, needle: &str) -> String {
+    eventually(
+        &format!("a problem with {needle:?}"),
+        Duration::from_secs(10),
+        || async {
+            let output = cli(operator.dir(), &["get", kind]).await?;
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            if stderr.contains(needle) {
+                Ok(stderr)
+            } else {
+                Err(anyhow::anyhow!("{stderr}"))
+            }
+        },
+    )
+    .await
+}
+
 fn ready_reason(object: &serde_json::Value) -> String {
     infrapilot_e2e::wait::condition(object, "Ready")
         .map(|c| c["reason"].as_str().unwrap_or_default().to_owned())
@@ -174,20 +192,7 @@ async fn a_broken_manifest_is_reported_while_the_others_keep_reconciling() {
         "good.yaml",
         "apiVersion: infrapilot.io/v1alpha1\nkind: AlertChannel\nmetadata: [oops\n",
     );
-    eventually(
-        "the new problem to be reported",
-        Duration::from_secs(10),
-        || async {
-            let output = cli(operator.dir(), &["get", "ach"]).await?;
-            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-            if stderr.contains("good.yaml") {
-                Ok(())
-            } else {
-                Err(anyhow::anyhow!("{stderr}"))
-            }
-        },
-    )
-    .await;
+    wait_for_problem(&operator, "ach", "good.yaml").await;
     let kept = operator.get("ach", "good").await.unwrap();
     assert_eq!(kept["status"]["observedGeneration"], 2);
     operator.stop().await.unwrap();
@@ -333,4 +338,46 @@ async fn the_audit_log_verifies_and_names_an_edited_record() {
         stderr.contains("audit record 1 failed verification"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn an_immutable_field_cannot_change_and_the_object_keeps_its_version() {
+    let operator = Operator::standalone(&env::test_dir("standalone-immutable")).unwrap();
+    let tenant = |isolation: &str, display: &str| {
+        format!(
+            "apiVersion: infrapilot.io/v1alpha1\nkind: Tenant\nmetadata:\n  name: acme\nspec:\n  displayName: {display}\n  database:\n    isolation: {isolation}\n"
+        )
+    };
+    write(&operator, "tenant.yaml", &tenant("Database", "Acme"));
+    let stored = eventually("the tenant to be stored", Duration::from_secs(30), || {
+        operator.get("tenant", "acme")
+    })
+    .await;
+    assert_eq!(stored["spec"]["database"]["isolation"], "Database");
+
+    // Changing isolation is refused, as the API server would refuse the update.
+    write(&operator, "tenant.yaml", &tenant("Schema", "Acme Corp"));
+    let stderr = wait_for_problem(&operator, "tenants", "isolation is immutable").await;
+    assert!(
+        stderr
+            .contains("manifests/tenant.yaml:1:1: spec.database.isolation: isolation is immutable"),
+        "{stderr}"
+    );
+    let kept = operator.get("tenant", "acme").await.unwrap();
+    assert_eq!(kept["spec"]["database"]["isolation"], "Database");
+    assert_eq!(kept["spec"]["displayName"], "Acme");
+    assert_eq!(kept["metadata"]["generation"], 1);
+
+    // Any other change goes through.
+    write(&operator, "tenant.yaml", &tenant("Database", "Acme Corp"));
+    eventually("the allowed change", Duration::from_secs(10), || async {
+        let object = operator.get("tenant", "acme").await?;
+        if object["metadata"]["generation"] == 2 {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("{object}"))
+        }
+    })
+    .await;
+    operator.stop().await.unwrap();
 }
