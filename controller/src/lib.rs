@@ -9,6 +9,7 @@ pub mod cli;
 pub mod delivery;
 pub mod kubernetes;
 pub mod manifest;
+pub mod proxy;
 pub mod reconcile;
 pub mod secrets;
 pub mod standalone;

@@ -1,0 +1,291 @@
+//! A Proxy as nginx configuration: validate the spec into typed settings, then render the
+//! server block from those settings and the resolved upstream. Both steps are pure.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use super::grammar::{self, Cidr, Hostname, Invalid};
+use crate::api::proxy::ProxySpec;
+
+/// The edge's access log format, one JSON object per request, in every Proxy's log file
+/// (`/var/log/nginx/infrapilot/<id>.access.log`). Field names are stable: the alerting
+/// reconciler reads `status` and `time` for error rates.
+pub const ACCESS_LOG_FORMAT: &str = r#"'{"time":"$time_iso8601","proxy":"$infrapilot_proxy","host":"$host","method":"$request_method","uri":"$request_uri","status":$status,"bytes":$body_bytes_sent,"duration":$request_time,"upstream":"$upstream_addr","upstreamStatus":"$upstream_status","client":"$remote_addr","userAgent":"$http_user_agent"}'"#;
+
+/// Where a Proxy's access log is written inside the edge.
+pub fn access_log_path(id: &str) -> String {
+    format!("/var/log/nginx/infrapilot/{id}.access.log")
+}
+
+/// The part of the edge's configuration that no Proxy owns: the log format, the websocket
+/// upgrade map, and a default server answering 404 to hosts no Proxy serves.
+pub fn edge_config() -> String {
+    format!(
+        "# Managed by InfraPilot: do not edit.\n\
+         log_format infrapilot_json escape=json {ACCESS_LOG_FORMAT};\n\
+         map $http_upgrade $infrapilot_connection_upgrade {{\n    default upgrade;\n    '' close;\n}}\n\
+         server_names_hash_bucket_size 128;\n\
+         server {{\n    listen 80 default_server;\n    server_name _;\n    set $infrapilot_proxy \"\";\n    \
+         access_log off;\n    return 404;\n}}\n"
+    )
+}
+
+/// A Proxy's settings once every value passed the grammar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub hosts: Vec<Hostname>,
+    /// An upstream outside Docker, when the spec gives a URL.
+    pub url: Option<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub deny: Vec<Cidr>,
+    pub allow: Vec<Cidr>,
+    pub websockets: bool,
+    pub client_max_body_size: Option<String>,
+    /// Connect, read and send timeouts in milliseconds.
+    pub timeouts: [Option<u64>; 3],
+    /// Name and quoted value.
+    pub request_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(String, String)>,
+    pub suspend: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub rate: u32,
+    /// `s` or `m`.
+    pub per: char,
+    pub burst: u32,
+}
+
+impl Settings {
+    /// Checks every user value of `spec`; reports all that fail, each with its field.
+    pub fn from_spec(spec: &ProxySpec) -> Result<Self, Vec<Invalid>> {
+        let mut check = Checker::default();
+        let hosts = spec
+            .hosts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| check.keep(Hostname::parse(&format!("spec.hosts[{i}]"), h)))
+            .collect();
+        let url = spec
+            .upstream
+            .url
+            .as_deref()
+            .and_then(|u| check.keep(grammar::upstream_url("spec.upstream.url", u)));
+        let rate_limit = spec.rate_limit.as_ref().and_then(|r| {
+            let per = match r.period.as_str() {
+                "1s" => Ok('s'),
+                "1m" => Ok('m'),
+                other => Err(Invalid {
+                    field: "spec.rateLimit.period".to_owned(),
+                    reason: format!("{other:?} must be 1s or 1m"),
+                }),
+            };
+            check.keep(per).map(|per| RateLimit {
+                rate: r.average,
+                per,
+                burst: r.burst,
+            })
+        });
+        let (deny, allow) = match &spec.access {
+            Some(access) => (
+                check.cidrs(&access.deny, "deny"),
+                check.cidrs(&access.allow, "allow"),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let client_max_body_size = spec
+            .client_max_body_size
+            .as_deref()
+            .and_then(|s| check.keep(grammar::size("spec.clientMaxBodySize", s)));
+        let timeouts = match &spec.timeouts {
+            Some(t) => [
+                check.timeout("connect", t.connect.as_deref()),
+                check.timeout("read", t.read.as_deref()),
+                check.timeout("send", t.send.as_deref()),
+            ],
+            None => [None; 3],
+        };
+        let headers = spec.headers.clone().unwrap_or_default();
+        let request_headers = check.headers(&headers.request, "request");
+        let response_headers = check.headers(&headers.response, "response");
+        if !check.errors.is_empty() {
+            return Err(check.errors);
+        }
+        Ok(Self {
+            hosts,
+            url,
+            rate_limit,
+            deny,
+            allow,
+            websockets: spec.websockets,
+            client_max_body_size,
+            timeouts,
+            request_headers,
+            response_headers,
+            suspend: spec.suspend,
+        })
+    }
+}
+
+/// Collects every grammar failure of a spec rather than stopping at the first.
+#[derive(Default)]
+struct Checker {
+    errors: Vec<Invalid>,
+}
+
+impl Checker {
+    fn keep<T>(&mut self, result: Result<T, Invalid>) -> Option<T> {
+        result.map_err(|error| self.errors.push(error)).ok()
+    }
+
+    fn cidrs(&mut self, list: &[String], side: &str) -> Vec<Cidr> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, c)| self.keep(Cidr::parse(&format!("spec.access.{side}[{i}]"), c)))
+            .collect()
+    }
+
+    fn timeout(&mut self, name: &str, value: Option<&str>) -> Option<u64> {
+        value.and_then(|v| self.keep(grammar::duration_ms(&format!("spec.timeouts.{name}"), v)))
+    }
+
+    fn headers(
+        &mut self,
+        map: &std::collections::BTreeMap<String, String>,
+        side: &str,
+    ) -> Vec<(String, String)> {
+        map.iter()
+            .filter_map(|(name, value)| {
+                let field = format!("spec.headers.{side}[{name:?}]");
+                let name = self.keep(grammar::header_name(&field, name));
+                let value = self.keep(grammar::header_value(&field, value));
+                name.zip(value)
+            })
+            .collect()
+    }
+}
+
+/// The nginx name of a Proxy: its uid without dashes, so that renames and recreations never
+/// collide and nothing user-written names a file or zone.
+pub fn site_id(uid: &str) -> String {
+    let hex: String = uid.chars().filter(char::is_ascii_hexdigit).collect();
+    format!("p{}", hex.to_ascii_lowercase())
+}
+
+/// Where the edge sends a Proxy's traffic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A container's address on a network the edge shares with it.
+    Container(SocketAddr),
+    /// `settings.url`.
+    Url,
+}
+
+/// Renders one Proxy's configuration: an optional rate-limit zone and the server block.
+/// `object` is `namespace/name`, already checked as object names.
+pub fn render(id: &str, object: &str, settings: &Settings, target: &Target) -> String {
+    let mut c = String::new();
+    let _ = writeln!(
+        c,
+        "# Managed by InfraPilot for Proxy {object}: do not edit."
+    );
+    if let Some(rate) = &settings.rate_limit {
+        let _ = writeln!(
+            c,
+            "limit_req_zone $binary_remote_addr zone={id}:10m rate={}r/{};",
+            rate.rate, rate.per
+        );
+    }
+    let pass = match (target, &settings.url) {
+        (Target::Container(address), _) => {
+            let _ = writeln!(
+                c,
+                "upstream {id} {{\n    server {address};\n    keepalive 16;\n}}"
+            );
+            format!("http://{id}")
+        }
+        (Target::Url, Some(url)) => url.clone(),
+        // A URL target without a URL cannot be built: the reconciler never asks for it.
+        (Target::Url, None) => "http://127.0.0.1:9".to_owned(),
+    };
+    let hosts: Vec<&str> = settings.hosts.iter().map(Hostname::as_str).collect();
+    let _ = writeln!(
+        c,
+        "server {{\n    listen 80;\n    server_name {};",
+        hosts.join(" ")
+    );
+    let _ = writeln!(c, "    set $infrapilot_proxy \"{object}\";");
+    let _ = writeln!(c, "    access_log {} infrapilot_json;", access_log_path(id));
+    if let Some(size) = &settings.client_max_body_size {
+        let _ = writeln!(c, "    client_max_body_size {size};");
+    }
+    // nginx applies the first matching rule: denials first, then what is allowed, then the
+    // rest is denied when an allow list exists.
+    for cidr in &settings.deny {
+        let _ = writeln!(c, "    deny {cidr};");
+    }
+    for cidr in &settings.allow {
+        let _ = writeln!(c, "    allow {cidr};");
+    }
+    if !settings.allow.is_empty() {
+        let _ = writeln!(c, "    deny all;");
+    }
+    for (name, value) in &settings.response_headers {
+        let _ = writeln!(c, "    add_header {name} {value} always;");
+    }
+    let _ = writeln!(c, "    location / {{");
+    if settings.suspend {
+        let _ = writeln!(
+            c,
+            "        default_type text/html;\n        return 503 '<!doctype html><title>Maintenance</title><h1>Down for maintenance</h1><p>This site is being worked on and will be back soon.</p>';"
+        );
+    } else {
+        if let Some(rate) = &settings.rate_limit {
+            let _ = writeln!(
+                c,
+                "        limit_req zone={id} burst={} nodelay;\n        limit_req_status 429;",
+                rate.burst
+            );
+        }
+        let _ = writeln!(
+            c,
+            "        proxy_pass {pass};\n        proxy_http_version 1.1;"
+        );
+        let _ = writeln!(
+            c,
+            "        proxy_set_header Host $host;\n        proxy_set_header X-Real-IP $remote_addr;\n        \
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n        \
+             proxy_set_header X-Forwarded-Proto $scheme;"
+        );
+        if settings.websockets {
+            let _ = writeln!(
+                c,
+                "        proxy_set_header Upgrade $http_upgrade;\n        \
+                 proxy_set_header Connection $infrapilot_connection_upgrade;"
+            );
+        } else {
+            let _ = writeln!(c, "        proxy_set_header Connection \"\";");
+        }
+        for (directive, ms) in [
+            "proxy_connect_timeout",
+            "proxy_read_timeout",
+            "proxy_send_timeout",
+        ]
+        .into_iter()
+        .zip(settings.timeouts)
+        {
+            if let Some(ms) = ms {
+                let _ = writeln!(c, "        {directive} {ms}ms;");
+            }
+        }
+        for (name, value) in &settings.request_headers {
+            let _ = writeln!(c, "        proxy_set_header {name} {value};");
+        }
+    }
+    let _ = writeln!(c, "    }}\n}}");
+    c
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,162 @@
+use super::*;
+
+fn spec(yaml: &str) -> ProxySpec {
+    serde_saphyr::from_str(yaml).unwrap()
+}
+
+const BASIC: &str =
+    "hosts: [shop.example.com, www.shop.example.com]\nupstream:\n  name: shop\n  port: 8080\n";
+
+fn rendered(yaml: &str) -> String {
+    let settings = Settings::from_spec(&spec(yaml)).unwrap();
+    render(
+        "pabc",
+        "default/shop",
+        &settings,
+        &Target::Container("172.18.0.5:8080".parse().unwrap()),
+    )
+}
+
+#[test]
+fn a_basic_proxy_renders_an_upstream_and_a_server_for_its_hosts() {
+    let config = rendered(BASIC);
+    assert!(
+        config.contains("upstream pabc {\n    server 172.18.0.5:8080;"),
+        "{config}"
+    );
+    assert!(
+        config.contains("server_name shop.example.com www.shop.example.com;"),
+        "{config}"
+    );
+    assert!(config.contains("proxy_pass http://pabc;"), "{config}");
+    assert!(
+        config.contains("access_log /var/log/nginx/infrapilot/pabc.access.log infrapilot_json;")
+    );
+    assert!(!config.contains("limit_req"), "{config}");
+    assert!(!config.contains("deny"), "{config}");
+}
+
+#[test]
+fn traffic_options_become_their_directives() {
+    let config = rendered(&format!(
+        "{BASIC}rateLimit: {{average: 10, period: 1m, burst: 5}}\naccess:\n  allow: [10.0.0.0/8]\n  deny: [10.1.2.3]\n\
+         websockets: true\nclientMaxBodySize: 10M\ntimeouts: {{connect: 5s, read: 1m}}\n\
+         headers:\n  request: {{X-Env: prod}}\n  response: {{Content-Security-Policy: \"default-src 'self'; img-src *\"}}\n"
+    ));
+    assert!(
+        config.contains("limit_req_zone $binary_remote_addr zone=pabc:10m rate=10r/m;"),
+        "{config}"
+    );
+    assert!(config.contains("limit_req zone=pabc burst=5 nodelay;\n        limit_req_status 429;"));
+    // Denials first, then allows, then everything else denied.
+    let deny = config.find("deny 10.1.2.3/32;").unwrap();
+    let allow = config.find("allow 10.0.0.0/8;").unwrap();
+    let rest = config.find("deny all;").unwrap();
+    assert!(deny < allow && allow < rest, "{config}");
+    assert!(config.contains("proxy_set_header Connection $infrapilot_connection_upgrade;"));
+    assert!(config.contains("client_max_body_size 10m;"));
+    assert!(
+        config.contains("proxy_connect_timeout 5000ms;")
+            && config.contains("proxy_read_timeout 60000ms;")
+    );
+    assert!(config.contains("proxy_set_header X-Env \"prod\";"));
+    assert!(
+        config.contains(
+            "add_header Content-Security-Policy \"default-src 'self'; img-src *\" always;"
+        )
+    );
+}
+
+#[test]
+fn a_suspended_proxy_answers_503_and_passes_nothing() {
+    let config = rendered(&format!("{BASIC}suspend: true\n"));
+    assert!(config.contains("return 503"), "{config}");
+    assert!(!config.contains("proxy_pass"), "{config}");
+}
+
+#[test]
+fn a_url_upstream_is_passed_to_as_rebuilt() {
+    let settings = Settings::from_spec(&spec(
+        "hosts: [api.example.com]\nupstream:\n  url: http://10.0.0.5:9000/v1/\n",
+    ))
+    .unwrap();
+    let config = render("pabc", "default/api", &settings, &Target::Url);
+    assert!(
+        config.contains("proxy_pass http://10.0.0.5:9000/v1/;"),
+        "{config}"
+    );
+    assert!(!config.contains("upstream pabc"), "{config}");
+}
+
+#[test]
+fn every_bad_value_is_reported_with_its_field() {
+    let errors = Settings::from_spec(&spec(
+        "hosts: [ok.example.com, Bad_Host]\nupstream: {name: shop, port: 80}\n\
+         access: {allow: [10.0.0.0/40]}\nclientMaxBodySize: 10x\ntimeouts: {read: forever}\n\
+         headers: {response: {X-Bad: \"a\\nb\"}}\n",
+    ))
+    .unwrap_err();
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.hosts[1]",
+            "spec.access.allow[0]",
+            "spec.clientMaxBodySize",
+            "spec.timeouts.read",
+            "spec.headers.response[\"X-Bad\"]",
+        ]
+    );
+}
+
+/// Every string field of a Proxy, with a payload in it: every field but a header value
+/// refuses it, and a header value carries it as one quoted string and nothing else.
+#[test]
+fn injection_attempts_never_reach_the_configuration() {
+    let payloads = [
+        "x;\n}\nserver { listen 81; }#",
+        "x\"; return 200 \"owned",
+        "x' ; include /etc/passwd; '",
+        "x { }",
+        "x # comment",
+        "$request_body",
+    ];
+    let base = "hosts: [a.example.com]\nupstream: {name: shop, port: 80}\n";
+    let target = Target::Container("10.0.0.1:80".parse().unwrap());
+    for payload in payloads {
+        let quoted = serde_json::to_string(payload).unwrap();
+        let refusing = [
+            format!("hosts: [{quoted}]\nupstream: {{name: shop, port: 80}}\n"),
+            format!("hosts: [a.example.com]\nupstream: {{url: {quoted}}}\n"),
+            format!("{base}access: {{deny: [{quoted}]}}\n"),
+            format!("{base}clientMaxBodySize: {quoted}\n"),
+            format!("{base}timeouts: {{read: {quoted}}}\n"),
+            format!("{base}rateLimit: {{average: 1, period: {quoted}}}\n"),
+            format!("{base}headers: {{request: {{{quoted}: v}}}}\n"),
+        ];
+        for yaml in refusing {
+            assert!(
+                Settings::from_spec(&spec(&yaml)).is_err(),
+                "accepted: {yaml}"
+            );
+        }
+        let header = |value: &str| {
+            let value = serde_json::to_string(value).unwrap();
+            Settings::from_spec(&spec(&format!(
+                "{base}headers: {{response: {{X-A: {value}}}}}\n"
+            )))
+        };
+        if let Ok(settings) = header(payload) {
+            let config = render("pabc", "default/x", &settings, &target);
+            let benign = render("pabc", "default/x", &header("SAFE").unwrap(), &target);
+            let as_quoted = grammar::header_value("v", payload).unwrap();
+            assert_eq!(config.replace(&as_quoted, "\"SAFE\""), benign, "{payload}");
+        }
+    }
+}
+
+#[test]
+fn site_ids_come_from_the_uid_only() {
+    assert_eq!(site_id("5f0c-A1b2"), "p5f0ca1b2");
+    assert_eq!(site_id("../etc;"), "pec");
+}
