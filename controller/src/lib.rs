@@ -7,6 +7,8 @@ pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod delivery;
+pub mod docker;
+pub mod edge;
 pub mod kubernetes;
 pub mod manifest;
 pub mod proxy;

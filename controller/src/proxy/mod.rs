@@ -4,3 +4,4 @@
 
 pub mod grammar;
 pub mod site;
+pub mod upstream;

@@ -12,9 +12,12 @@ use crate::api::proxy::ProxySpec;
 /// reconciler reads `status` and `time` for error rates.
 pub const ACCESS_LOG_FORMAT: &str = r#"'{"time":"$time_iso8601","proxy":"$infrapilot_proxy","host":"$host","method":"$request_method","uri":"$request_uri","status":$status,"bytes":$body_bytes_sent,"duration":$request_time,"upstream":"$upstream_addr","upstreamStatus":"$upstream_status","client":"$remote_addr","userAgent":"$http_user_agent"}'"#;
 
+/// The directory of the Proxies' access logs inside the edge.
+pub const ACCESS_LOG_DIR: &str = "/var/log/nginx/infrapilot";
+
 /// Where a Proxy's access log is written inside the edge.
 pub fn access_log_path(id: &str) -> String {
-    format!("/var/log/nginx/infrapilot/{id}.access.log")
+    format!("{ACCESS_LOG_DIR}/{id}.access.log")
 }
 
 /// The part of the edge's configuration that no Proxy owns: the log format, the websocket
@@ -176,8 +179,9 @@ pub fn site_id(uid: &str) -> String {
 /// Where the edge sends a Proxy's traffic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// A container's address on a network the edge shares with it.
-    Container(SocketAddr),
+    /// Containers' addresses on networks the edge shares with them; requests are balanced
+    /// across them.
+    Containers(Vec<SocketAddr>),
     /// `settings.url`.
     Url,
 }
@@ -198,11 +202,12 @@ pub fn render(id: &str, object: &str, settings: &Settings, target: &Target) -> S
         );
     }
     let pass = match (target, &settings.url) {
-        (Target::Container(address), _) => {
-            let _ = writeln!(
-                c,
-                "upstream {id} {{\n    server {address};\n    keepalive 16;\n}}"
-            );
+        (Target::Containers(addresses), _) => {
+            let _ = writeln!(c, "upstream {id} {{");
+            for address in addresses {
+                let _ = writeln!(c, "    server {address};");
+            }
+            let _ = writeln!(c, "    keepalive 16;\n}}");
             format!("http://{id}")
         }
         (Target::Url, Some(url)) => url.clone(),
@@ -242,10 +247,15 @@ pub fn render(id: &str, object: &str, settings: &Settings, target: &Target) -> S
         );
     } else {
         if let Some(rate) = &settings.rate_limit {
+            // nginx refuses `burst=0`: no burst is the same thing.
+            let burst = if rate.burst > 0 {
+                format!(" burst={} nodelay", rate.burst)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 c,
-                "        limit_req zone={id} burst={} nodelay;\n        limit_req_status 429;",
-                rate.burst
+                "        limit_req zone={id}{burst};\n        limit_req_status 429;"
             );
         }
         let _ = writeln!(

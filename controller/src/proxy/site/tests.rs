@@ -13,7 +13,7 @@ fn rendered(yaml: &str) -> String {
         "pabc",
         "default/shop",
         &settings,
-        &Target::Container("172.18.0.5:8080".parse().unwrap()),
+        &Target::Containers(vec!["172.18.0.5:8080".parse().unwrap()]),
     )
 }
 
@@ -122,7 +122,7 @@ fn injection_attempts_never_reach_the_configuration() {
         "$request_body",
     ];
     let base = "hosts: [a.example.com]\nupstream: {name: shop, port: 80}\n";
-    let target = Target::Container("10.0.0.1:80".parse().unwrap());
+    let target = Target::Containers(vec!["10.0.0.1:80".parse().unwrap()]);
     for payload in payloads {
         let quoted = serde_json::to_string(payload).unwrap();
         let refusing = [
