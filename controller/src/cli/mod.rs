@@ -26,7 +26,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator. With --manifests: standalone mode, reconciling the YAML in those
     /// files and directories with state in a local database.
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Show objects and their status, like `kubectl get`.
     Get(get::Args),
     /// Show one object in full: spec, status, conditions and recent events.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::state::StateArgs;
+use crate::edge::EdgeOptions;
 use crate::kubernetes::leader::LeaseOptions;
 use crate::kubernetes::runtime as kubernetes;
 use crate::standalone::runtime as standalone;
@@ -40,7 +41,59 @@ pub struct Args {
     #[arg(long, env = "INFRAPILOT_PROBE_ADDRESS", value_name = "ADDRESS:PORT")]
     pub probe_address: Option<SocketAddr>,
     #[command(flatten)]
+    pub edge: EdgeArgs,
+    #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+/// The edge: the nginx container the operator runs in front of every Proxy's upstream.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "The edge (nginx)")]
+pub struct EdgeArgs {
+    /// The edge container's name. A container of that name that InfraPilot did not create is
+    /// never touched.
+    #[arg(long, env = "INFRAPILOT_EDGE_NAME", default_value = "infrapilot-edge")]
+    pub edge_name: String,
+    /// The edge's image: the official nginx image or one following its contract (conf.d
+    /// included from nginx.conf, `nginx -g 'daemon off;'`).
+    #[arg(long, env = "INFRAPILOT_EDGE_IMAGE", default_value = "nginx:1.27")]
+    pub edge_image: String,
+    /// The host address the edge's ports are published on.
+    #[arg(long, env = "INFRAPILOT_EDGE_ADDRESS", default_value = "0.0.0.0")]
+    pub edge_address: String,
+    /// The host port of plain HTTP.
+    #[arg(long, env = "INFRAPILOT_EDGE_HTTP_PORT", default_value_t = 80)]
+    pub edge_http_port: u16,
+    /// The host port of HTTPS.
+    #[arg(long, env = "INFRAPILOT_EDGE_HTTPS_PORT", default_value_t = 443)]
+    pub edge_https_port: u16,
+    /// Extra labels on the edge container, as KEY=VALUE. Repeatable.
+    #[arg(long = "edge-label", env = "INFRAPILOT_EDGE_LABELS", value_delimiter = ',', value_parser = parse_label, value_name = "KEY=VALUE")]
+    pub edge_labels: Vec<(String, String)>,
+    /// How often the edge is checked and, when it is gone, recreated with every Proxy.
+    #[arg(long, env = "INFRAPILOT_EDGE_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub edge_check_interval: Duration,
+}
+
+impl EdgeArgs {
+    pub fn options(&self) -> EdgeOptions {
+        EdgeOptions {
+            name: self.edge_name.clone(),
+            image: self.edge_image.clone(),
+            address: self.edge_address.clone(),
+            http_port: self.edge_http_port,
+            https_port: self.edge_https_port,
+            labels: self.edge_labels.iter().cloned().collect(),
+            check_interval: self.edge_check_interval,
+        }
+    }
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
 /// Options of Kubernetes mode only.
@@ -111,6 +164,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             resync: args.resync,
             delivery_timeout: args.delivery_timeout,
             probe_address: args.probe_address,
+            edge: args.edge.options(),
         };
         runtime.block_on(standalone::run(options, shutdown_signal()))?;
     }

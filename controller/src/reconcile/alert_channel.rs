@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{Applied, Context, Event, EventType, Failure, Requeue};
+use super::{Applied, Context, Event, EventType, Failure, Requeue, object_ref};
 use crate::api::alert::{AlertChannel, AlertChannelSpec, AlertChannelStatus, Delivery, Severity};
-use crate::audit::{NewRecord, ObjectRef, Outcome};
+use crate::audit::{NewRecord, Outcome};
 use crate::delivery::{Message, MessageKind, Receipt, Target};
 use crate::status::{self, Observation};
 
@@ -66,16 +66,6 @@ fn object_name(channel: &AlertChannel) -> String {
         "{namespace}/{}",
         channel.metadata.name.as_deref().unwrap_or_default()
     )
-}
-
-fn object_ref(channel: &AlertChannel) -> ObjectRef {
-    ObjectRef {
-        kind: "AlertChannel".to_owned(),
-        namespace: channel.metadata.namespace.clone(),
-        name: channel.metadata.name.clone().unwrap_or_default(),
-        uid: channel.metadata.uid.clone().unwrap_or_default(),
-        generation: channel.metadata.generation.unwrap_or_default(),
-    }
 }
 
 /// Reconciles one channel, given its current status, into the status it should have.

@@ -7,6 +7,7 @@
 //! changed.
 
 pub mod alert_channel;
+pub mod proxy;
 #[cfg(test)]
 pub(crate) mod tests_support;
 
@@ -34,6 +35,18 @@ pub struct Context {
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Context")
+    }
+}
+
+/// The audit and event reference of an object: kind, namespace, name, uid and generation.
+pub fn object_ref<K: kube::Resource<DynamicType = ()>>(object: &K) -> ObjectRef {
+    let meta = object.meta();
+    ObjectRef {
+        kind: K::kind(&()).into_owned(),
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        generation: meta.generation.unwrap_or_default(),
     }
 }
 

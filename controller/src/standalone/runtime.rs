@@ -19,14 +19,16 @@ use jiff::Timestamp;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::store::Store;
+use super::store::{Store, StoredObject};
 use super::sync::{self, Change, Key, Scanned};
 use crate::api::Kind;
-use crate::api::alert::AlertChannel;
 use crate::audit::{AuditKey, AuditLog, ObjectRef};
 use crate::delivery::Deliverer;
+use crate::edge::{Edge, EdgeOptions};
 use crate::manifest::{self, Object, Outcome, Problem};
-use crate::reconcile::{Context, Event, Events, Requeue, alert_channel};
+use crate::reconcile::alert_channel::AlertChannels;
+use crate::reconcile::proxy::Proxies;
+use crate::reconcile::{Context, Event, Events, Reconciler, Requeue};
 use crate::secrets::{SecretMap, Secrets};
 use crate::telemetry::{self, Health, Metrics};
 
@@ -45,7 +47,13 @@ pub struct Options {
     pub delivery_timeout: Duration,
     /// Where to serve /livez, /readyz and /metrics, if anywhere.
     pub probe_address: Option<std::net::SocketAddr>,
+    /// How the edge nginx container is run.
+    pub edge: EdgeOptions,
 }
+
+/// How many objects are reconciled at once. Proxies wait on the edge, which batches what
+/// arrives together: running many at once is what lets it coalesce a burst into one reload.
+const CONCURRENCY: usize = 64;
 
 /// Runs until `shutdown` completes.
 pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -84,10 +92,24 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         }
         None => None,
     };
-    let mut runtime = Runtime {
-        metrics,
-        store,
+    let docker: Arc<dyn crate::docker::Docker> = Arc::new(crate::docker::Engine::connect()?);
+    let edge = Arc::new(Edge::start(
+        docker.clone(),
+        options.edge.clone(),
+        ctx.audit.clone(),
+    ));
+    let workers = Arc::new(Workers {
+        store: store.clone(),
         ctx,
+        metrics,
+        alert_channels: AlertChannels,
+        proxies: Proxies::new(docker, edge),
+    });
+    let mut runtime = Runtime {
+        workers,
+        running: BTreeSet::new(),
+        tasks: tokio::task::JoinSet::new(),
+        store,
         secrets,
         manifests: options.manifests.clone(),
         queue: Queue::default(),
@@ -108,7 +130,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
     loop {
         let next = runtime
             .queue
-            .next_due()
+            .next_due(|k| !runtime.running.contains(k))
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             () = &mut shutdown => break,
@@ -128,9 +150,31 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
                     error!("resync failed: {error:#}");
                 }
             }
-            () = tokio::time::sleep_until(next) => {
-                for key in runtime.queue.pop_due(Instant::now()) {
-                    if let Err(error) = runtime.reconcile(&key).await {
+            () = tokio::time::sleep_until(next), if runtime.tasks.len() < CONCURRENCY => {
+                let free = CONCURRENCY - runtime.tasks.len();
+                let running = runtime.running.clone();
+                for key in runtime.queue.pop_due(Instant::now(), free, |k| !running.contains(k)) {
+                    runtime.running.insert(key.clone());
+                    let workers = runtime.workers.clone();
+                    runtime.tasks.spawn(async move {
+                        let result = workers.reconcile(&key).await;
+                        (key, result)
+                    });
+                }
+            }
+            Some(done) = runtime.tasks.join_next() => {
+                let (key, result) = match done {
+                    Ok(done) => done,
+                    Err(error) => {
+                        error!("a reconcile panicked: {error}");
+                        continue;
+                    }
+                };
+                runtime.running.remove(&key);
+                match result {
+                    Ok(Some(delay)) => runtime.queue.at(key, Instant::now() + delay),
+                    Ok(None) => {}
+                    Err(error) => {
                         error!(object = %key, "reconcile failed: {error:#}");
                         runtime.queue.at(key, Instant::now() + Duration::from_secs(30));
                     }
@@ -139,6 +183,8 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         }
     }
     health.set(false, "shutting down");
+    // Let running reconciles finish: a side effect half-done is worse than a late stop.
+    while runtime.tasks.join_next().await.is_some() {}
     let _ = stop_probes.send(());
     if let Some(task) = probes {
         let _ = task.await;
@@ -148,9 +194,11 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
 }
 
 struct Runtime {
-    metrics: Arc<Metrics>,
+    workers: Arc<Workers>,
+    /// Objects being reconciled now: each at most once at a time.
+    running: BTreeSet<Key>,
+    tasks: tokio::task::JoinSet<(Key, anyhow::Result<Option<Duration>>)>,
     store: Store,
-    ctx: Context,
     secrets: Arc<SecretMap>,
     manifests: Vec<PathBuf>,
     queue: Queue,
@@ -320,56 +368,98 @@ impl Runtime {
         }
         Ok(())
     }
+}
 
-    async fn reconcile(&mut self, key: &Key) -> anyhow::Result<()> {
+/// What reconciles share; they run concurrently, each on its own object.
+struct Workers {
+    store: Store,
+    ctx: Context,
+    metrics: Arc<Metrics>,
+    alert_channels: AlertChannels,
+    proxies: Proxies,
+}
+
+impl Workers {
+    /// Reconciles one object; returns when to look at it again.
+    async fn reconcile(&self, key: &Key) -> anyhow::Result<Option<Duration>> {
         let Some(object) = self.store.get(key).await? else {
-            return Ok(());
+            return Ok(None);
         };
-        if object.deleting {
-            // No reconciler that has landed owns anything outside the store, so the cleanup
-            // of a deleted object is forgetting it.
-            self.store.forget(key, &object.uid).await?;
-            info!(object = %key, "deletion finished");
-            return Ok(());
+        match Kind::from_name(&key.kind) {
+            Some(Kind::AlertChannel) => {
+                self.reconcile_with(&self.alert_channels, key, object).await
+            }
+            Some(Kind::Proxy) => self.reconcile_with(&self.proxies, key, object).await,
+            // The reconcilers of the other kinds land with their own issues; until then their
+            // objects are stored and shown, and left alone.
+            _ => {
+                if object.deleting {
+                    self.store.forget(key, &object.uid).await?;
+                    info!(object = %key, "deletion finished");
+                }
+                Ok(None)
+            }
         }
-        // The reconcilers of the other kinds land with their own issues; until then their
-        // objects are stored and shown, and left alone.
-        if Kind::from_name(&key.kind) != Some(Kind::AlertChannel) {
-            return Ok(());
-        }
-        let channel: AlertChannel = match serde_json::from_value(object.full()) {
-            Ok(channel) => channel,
+    }
+
+    async fn reconcile_with<R: Reconciler>(
+        &self,
+        reconciler: &R,
+        key: &Key,
+        object: StoredObject,
+    ) -> anyhow::Result<Option<Duration>> {
+        let parsed: R::Object = match serde_json::from_value(object.full()) {
+            Ok(parsed) => parsed,
+            Err(error) if object.deleting => {
+                // Nothing can be cleaned up for an object this version cannot read.
+                warn!(object = %key, "deleting an object that cannot be read: {error}");
+                self.store.forget(key, &object.uid).await?;
+                return Ok(None);
+            }
             Err(error) => {
                 // Checked when read, so only a store written by another version gets here; it
                 // waits for its manifest to change.
                 error!(object = %key, "the stored object cannot be read: {error}");
-                return Ok(());
+                return Ok(None);
             }
         };
+        if object.deleting {
+            if R::FINALIZER.is_some()
+                && let Err(failure) = reconciler.cleanup(&parsed, &self.ctx).await
+            {
+                warn!(object = %key, category = failure.category, "cleanup failed, retrying: {}", failure.message);
+                return Ok(Some(Duration::from_secs(10)));
+            }
+            self.store.forget(key, &object.uid).await?;
+            info!(object = %key, "deletion finished");
+            return Ok(None);
+        }
         let started = Instant::now();
-        let applied = alert_channel::reconcile(&channel, &self.ctx).await;
+        let applied = reconciler.reconcile(&parsed, &self.ctx).await;
         self.metrics.reconciled(
-            alert_channel::CONTROLLER,
+            R::CONTROLLER,
             started.elapsed(),
             applied.failure.as_ref().map(|f| f.category),
         );
         let status = serde_json::to_value(&applied.status)?;
         if self.store.write_status(key, &object.uid, &status).await? {
-            let ready = applied.status.conditions.get(crate::status::READY);
+            let ready = status["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == crate::status::READY));
             info!(
                 object = %key,
-                ready = ready.map_or("Unknown", |c| c.status.as_str()),
-                reason = ready.map_or("", |c| c.reason.as_str()),
+                ready = ready.and_then(|c| c["status"].as_str()).unwrap_or("Unknown"),
+                reason = ready.and_then(|c| c["reason"].as_str()).unwrap_or(""),
                 "status updated"
             );
         }
         if let Some(failure) = &applied.failure {
             warn!(object = %key, category = failure.category, "{}", failure.message);
         }
-        if let Requeue::After(delay) = applied.requeue {
-            self.queue.at(key.clone(), Instant::now() + delay);
-        }
-        Ok(())
+        Ok(match applied.requeue {
+            Requeue::After(delay) => Some(delay),
+            Requeue::OnChange => None,
+        })
     }
 }
 
@@ -385,16 +475,23 @@ impl Queue {
         *entry = (*entry).min(when);
     }
 
-    fn next_due(&self) -> Option<Instant> {
-        self.due.values().min().copied()
+    /// The earliest time an object that `ready` accepts is due.
+    fn next_due(&self, ready: impl Fn(&Key) -> bool) -> Option<Instant> {
+        self.due
+            .iter()
+            .filter(|(k, _)| ready(k))
+            .map(|(_, at)| *at)
+            .min()
     }
 
-    fn pop_due(&mut self, now: Instant) -> Vec<Key> {
+    /// Takes at most `limit` due objects that `ready` accepts.
+    fn pop_due(&mut self, now: Instant, limit: usize, ready: impl Fn(&Key) -> bool) -> Vec<Key> {
         let due: Vec<Key> = self
             .due
             .iter()
-            .filter(|(_, at)| **at <= now)
+            .filter(|(k, at)| **at <= now && ready(k))
             .map(|(k, _)| k.clone())
+            .take(limit)
             .collect();
         for key in &due {
             self.due.remove(key);
@@ -469,10 +566,25 @@ mod tests {
         queue.at(key("a"), now + Duration::from_secs(1));
         queue.at(key("a"), now + Duration::from_secs(5));
         queue.at(key("b"), now + Duration::from_secs(20));
-        assert_eq!(queue.next_due(), Some(now + Duration::from_secs(1)));
-        assert!(queue.pop_due(now).is_empty());
-        assert_eq!(queue.pop_due(now + Duration::from_secs(1)), [key("a")]);
-        assert_eq!(queue.pop_due(now + Duration::from_secs(60)), [key("b")]);
-        assert_eq!(queue.next_due(), None);
+        let any = |_: &Key| true;
+        assert_eq!(queue.next_due(any), Some(now + Duration::from_secs(1)));
+        assert!(queue.pop_due(now, 10, any).is_empty());
+        assert_eq!(
+            queue.pop_due(now + Duration::from_secs(1), 10, any),
+            [key("a")]
+        );
+        // A running object stays queued until it is free; the limit bounds what is taken.
+        queue.at(key("c"), now);
+        let not_b = |k: &Key| k.name != "b";
+        assert_eq!(queue.next_due(not_b), Some(now));
+        assert_eq!(
+            queue.pop_due(now + Duration::from_secs(60), 1, not_b),
+            [key("c")]
+        );
+        assert_eq!(
+            queue.pop_due(now + Duration::from_secs(60), 10, any),
+            [key("b")]
+        );
+        assert_eq!(queue.next_due(any), None);
     }
 }

@@ -8,5 +8,6 @@ mod cli;
 mod delivery;
 mod install;
 mod kubernetes;
+mod proxy;
 mod smoke;
 mod standalone;

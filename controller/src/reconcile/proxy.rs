@@ -1,0 +1,346 @@
+//! The Proxy reconciler: validate the spec (grammar), find the upstream in Docker, build the
+//! server block (pure), hand it to the edge, and report what the edge serves.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::{Applied, Context, Failure, Reconciler, Requeue, object_ref};
+use crate::api::proxy::{Proxy, ProxySpec, ProxyStatus, UpstreamStatus};
+use crate::docker::{ContainerFacts, Docker, DockerError, NetworkFacts};
+use crate::edge::{EdgeApi, Served, Wanted};
+use crate::proxy::grammar;
+use crate::proxy::site::{self, Settings, Target};
+use crate::proxy::upstream::{self, Refusal};
+use crate::status::{self, Observation};
+
+/// The controller name in audit records and field managers.
+pub const CONTROLLER: &str = "proxy";
+/// Guards the removal of a Proxy's configuration from the edge.
+pub const FINALIZER: &str = "infrapilot.io/proxy";
+
+/// How often a Proxy with a container upstream is looked at again, to follow address changes.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// The Proxy reconciler with its outside world.
+pub struct Proxies {
+    docker: Arc<dyn Docker>,
+    edge: Arc<dyn EdgeApi>,
+    /// Network facts by id: a network's driver and scope never change, so each is asked once.
+    networks: Mutex<HashMap<String, NetworkFacts>>,
+}
+
+impl std::fmt::Debug for Proxies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Proxies")
+    }
+}
+
+impl Proxies {
+    pub fn new(docker: Arc<dyn Docker>, edge: Arc<dyn EdgeApi>) -> Self {
+        Self {
+            docker,
+            edge,
+            networks: Mutex::default(),
+        }
+    }
+
+    async fn network_facts(
+        &self,
+        container: &ContainerFacts,
+    ) -> Result<Vec<NetworkFacts>, DockerError> {
+        let mut facts = Vec::new();
+        for attachment in &container.networks {
+            let cached = self
+                .networks
+                .lock()
+                .ok()
+                .and_then(|n| n.get(&attachment.network_id).cloned());
+            let found = match cached {
+                Some(found) => Some(found),
+                None => {
+                    let found = self.docker.network(&attachment.network_id).await?;
+                    if let (Some(found), Ok(mut cache)) = (&found, self.networks.lock()) {
+                        cache.insert(attachment.network_id.clone(), found.clone());
+                    }
+                    found
+                }
+            };
+            facts.extend(found);
+        }
+        Ok(facts)
+    }
+
+    /// The containers the spec names, each reachable, or why not.
+    async fn resolve(
+        &self,
+        spec: &ProxySpec,
+    ) -> Result<Result<Vec<upstream::Reachable>, Refusal>, DockerError> {
+        let port = spec.upstream.port.unwrap_or(80);
+        let (candidates, described) = match (&spec.upstream.name, &spec.upstream.selector) {
+            (Some(name), _) => (
+                self.docker
+                    .container(name)
+                    .await?
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+                format!("name {name}"),
+            ),
+            (None, Some(selector)) => {
+                let running: Vec<ContainerFacts> = self
+                    .docker
+                    .containers_with_labels(selector)
+                    .await?
+                    .into_iter()
+                    .filter(|c| c.running)
+                    .collect();
+                let labels: Vec<String> =
+                    selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                (running, format!("labels {}", labels.join(",")))
+            }
+            (None, None) => (Vec::new(), "nothing".to_owned()),
+        };
+        if candidates.is_empty() {
+            return Ok(Err(Refusal::NotFound(described)));
+        }
+        let mut reachable = Vec::new();
+        for container in &candidates {
+            let facts = self.network_facts(container).await?;
+            match upstream::choose(container, &facts, spec.upstream.network.as_deref(), port) {
+                Ok(found) => reachable.push(found),
+                Err(refusal) => return Ok(Err(refusal)),
+            }
+        }
+        Ok(Ok(reachable))
+    }
+}
+
+/// Ready=False with `reason`, and how to come back.
+fn not_ready(
+    mut status: ProxyStatus,
+    reason: &str,
+    message: String,
+    category: &'static str,
+    requeue: Requeue,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> Applied<ProxyStatus> {
+    status::set(
+        &mut status.conditions,
+        Observation::ready(false, reason, &message),
+        generation,
+        now,
+    );
+    Applied {
+        status,
+        requeue,
+        failure: Some(Failure { category, message }),
+    }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for Proxies {
+    type Object = Proxy;
+    type Status = ProxyStatus;
+
+    const CONTROLLER: &'static str = CONTROLLER;
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
+
+    fn status(object: &Proxy) -> Option<&ProxyStatus> {
+        object.status.as_ref()
+    }
+
+    fn set_status(object: &mut Proxy, status: ProxyStatus) {
+        object.status = Some(status);
+    }
+
+    async fn reconcile(&self, proxy: &Proxy, ctx: &Context) -> Applied<ProxyStatus> {
+        let generation = proxy.metadata.generation;
+        let now = (ctx.now)();
+        let status = ProxyStatus {
+            observed_generation: generation,
+            ..proxy.status.clone().unwrap_or_default()
+        };
+        let fail = |status, reason: &str, message: String, category, requeue| {
+            not_ready(status, reason, message, category, requeue, generation, now)
+        };
+
+        // Validate: every user value through the grammar.
+        let namespace = proxy.metadata.namespace.as_deref().unwrap_or("default");
+        let name = proxy.metadata.name.as_deref().unwrap_or_default();
+        let object = match grammar::object_name("metadata.namespace", namespace)
+            .and_then(|ns| grammar::object_name("metadata.name", name).map(|n| format!("{ns}/{n}")))
+        {
+            Ok(object) => object,
+            Err(error) => {
+                return fail(
+                    status,
+                    "InvalidSpec",
+                    error.to_string(),
+                    "config",
+                    Requeue::OnChange,
+                );
+            }
+        };
+        let settings = match Settings::from_spec(&proxy.spec) {
+            Ok(settings) => settings,
+            Err(errors) => {
+                let message: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                return fail(
+                    status,
+                    "InvalidSpec",
+                    message.join("; "),
+                    "config",
+                    Requeue::OnChange,
+                );
+            }
+        };
+        if proxy.spec.tls.is_some() {
+            return fail(
+                status,
+                "TLSUnavailable",
+                "this version of InfraPilot serves plain HTTP only: remove spec.tls, or upgrade"
+                    .to_owned(),
+                "config",
+                Requeue::OnChange,
+            );
+        }
+
+        // Find the upstream.
+        let (target, upstream_status, networks, requeue) = if settings.url.is_some() {
+            let address = settings.url.clone().unwrap_or_default();
+            let upstream = UpstreamStatus {
+                address,
+                container: None,
+                network: None,
+            };
+            (Target::Url, upstream, Vec::new(), Requeue::OnChange)
+        } else {
+            match self.resolve(&proxy.spec).await {
+                Err(error) => {
+                    return fail(
+                        status,
+                        "DockerUnavailable",
+                        error.to_string(),
+                        error.category(),
+                        Requeue::After(RECHECK),
+                    );
+                }
+                Ok(Err(refusal)) => {
+                    return fail(
+                        status,
+                        refusal.reason(),
+                        refusal.to_string(),
+                        "upstream",
+                        Requeue::After(RECHECK),
+                    );
+                }
+                Ok(Ok(reachable)) => {
+                    let addresses: Vec<_> = reachable.iter().map(|r| r.address).collect();
+                    let networks: BTreeSet<String> =
+                        reachable.iter().map(|r| r.network.clone()).collect();
+                    let upstream = UpstreamStatus {
+                        address: addresses
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        container: Some(
+                            reachable
+                                .iter()
+                                .map(|r| r.container.clone())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        ),
+                        network: Some(networks.iter().cloned().collect::<Vec<_>>().join(", ")),
+                    };
+                    (
+                        Target::Containers(addresses),
+                        upstream,
+                        networks.into_iter().collect(),
+                        Requeue::After(RECHECK),
+                    )
+                }
+            }
+        };
+
+        // Build, then hand to the edge.
+        let id = site::site_id(proxy.metadata.uid.as_deref().unwrap_or_default());
+        let config = site::render(&id, &object, &settings, &target);
+        let hash = hex::encode(&Sha256::digest(config.as_bytes())[..8]);
+        let wanted = Wanted {
+            id,
+            object: object_ref(proxy),
+            config,
+            networks: networks.clone(),
+        };
+        match self.edge.apply(wanted).await {
+            Err(error) => fail(
+                status,
+                "EdgeUnavailable",
+                error.to_string(),
+                error.category(),
+                Requeue::After(RECHECK),
+            ),
+            Ok(Served::Rejected(message)) => fail(
+                status,
+                "NginxRejected",
+                format!(
+                    "nginx rejected the configuration (the previous one keeps serving): {message}"
+                ),
+                "rejected",
+                Requeue::OnChange,
+            ),
+            Ok(Served::Serving) => {
+                let mut status = ProxyStatus {
+                    upstream: Some(upstream_status.clone()),
+                    networks,
+                    config_hash: Some(hash),
+                    ..status
+                };
+                let hosts: Vec<&str> = settings.hosts.iter().map(|h| h.as_str()).collect();
+                let message = if settings.suspend {
+                    format!("{} answer 503 (suspended)", hosts.join(", "))
+                } else {
+                    format!(
+                        "serving {} from {}",
+                        hosts.join(", "),
+                        upstream_status.address
+                    )
+                };
+                status::set(
+                    &mut status.conditions,
+                    Observation::ready(
+                        true,
+                        if settings.suspend {
+                            "Suspended"
+                        } else {
+                            "Serving"
+                        },
+                        message,
+                    ),
+                    generation,
+                    now,
+                );
+                Applied {
+                    status,
+                    requeue,
+                    failure: None,
+                }
+            }
+        }
+    }
+
+    async fn cleanup(&self, proxy: &Proxy, _ctx: &Context) -> Result<(), Failure> {
+        let id = site::site_id(proxy.metadata.uid.as_deref().unwrap_or_default());
+        self.edge
+            .remove(&id, object_ref(proxy))
+            .await
+            .map_err(|error| Failure {
+                category: error.category(),
+                message: error.to_string(),
+            })
+    }
+}

@@ -1,0 +1,321 @@
+//! Proxies end to end in standalone mode: the real binary runs the edge from the nginx test
+//! image in front of app containers, and requests go through it over HTTP.
+
+use std::time::Duration;
+
+use infrapilot_e2e::docker::{ContainerSpec, SCOPE_LABEL, TEST_LABEL, TestDocker, images};
+use infrapilot_e2e::operator::Operator;
+use infrapilot_e2e::wait::eventually;
+use infrapilot_e2e::{env, names};
+
+/// An operator in standalone mode whose edge publishes on free loopback ports and carries the
+/// test's labels, so the test's cleanup removes it.
+struct Setup {
+    docker: TestDocker,
+    operator: Operator,
+    edge: String,
+    http: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn setup(test: &str) -> Setup {
+    let docker = TestDocker::new(test).await;
+    let labels = docker.labels();
+    let edge = docker.unique_name("edge");
+    let (http, https) = (free_port(), free_port());
+    let dir = env::test_dir(&names::unique(test));
+    std::fs::create_dir_all(dir.join("manifests")).expect("the manifests directory");
+    let args = [
+        "run".to_owned(),
+        "--manifests".to_owned(),
+        "manifests".to_owned(),
+        "--edge-name".to_owned(),
+        edge.clone(),
+        "--edge-image".to_owned(),
+        images::NGINX.to_owned(),
+        "--edge-address".to_owned(),
+        "127.0.0.1".to_owned(),
+        "--edge-http-port".to_owned(),
+        http.to_string(),
+        "--edge-https-port".to_owned(),
+        https.to_string(),
+        "--edge-check-interval".to_owned(),
+        "1s".to_owned(),
+        "--edge-label".to_owned(),
+        format!("{TEST_LABEL}={}", labels[TEST_LABEL]),
+        "--edge-label".to_owned(),
+        format!("{SCOPE_LABEL}={}", labels[SCOPE_LABEL]),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let operator = Operator::start(&dir, &args).expect("the operator starts");
+    Setup {
+        docker,
+        operator,
+        edge,
+        http,
+    }
+}
+
+impl Setup {
+    fn write(&self, file: &str, text: &str) {
+        let dir = self.operator.manifests();
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).expect("writing a manifest");
+        std::fs::rename(tmp, dir.join(file)).expect("renaming a manifest into place");
+    }
+
+    /// A GET through the edge for `host`: status and body.
+    async fn get(&self, host: &str) -> Result<(u16, String), String> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let response = client
+            .get(format!("http://127.0.0.1:{}/", self.http))
+            .header("Host", host)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await.map_err(|e| e.to_string())?))
+    }
+
+    /// Waits until `host` answers `status` with a body containing `body`.
+    async fn wait_for(&self, host: &str, status: u16, body: &str) {
+        eventually(
+            &format!("{host} to answer {status} with {body:?}"),
+            Duration::from_secs(30),
+            || async {
+                match self.get(host).await {
+                    Ok((s, b)) if s == status && b.contains(body) => Ok(()),
+                    other => Err(format!(
+                        "{other:?}; operator log tail:\n{}",
+                        self.operator
+                            .log()
+                            .lines()
+                            .rev()
+                            .take(15)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )),
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The networks the edge container is on.
+    async fn edge_networks(&self) -> Vec<String> {
+        let edge = self
+            .docker
+            .client()
+            .inspect_container(&self.edge, None)
+            .await
+            .expect("the edge exists");
+        edge.network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_keys()
+            .collect()
+    }
+
+    async fn ready(&self, name: &str, status: &str) -> serde_json::Value {
+        self.operator
+            .wait_for_condition("proxy", name, "Ready", status)
+            .await
+    }
+}
+
+fn proxy(name: &str, host: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: infrapilot.io/v1alpha1\nkind: Proxy\nmetadata:\n  name: {name}\nspec:\n  \
+         hosts: [{host}]\n  upstream:\n{upstream}{extra}"
+    )
+}
+
+fn by_name(container: &str) -> String {
+    format!("    name: {container}\n    port: 8080\n")
+}
+
+#[tokio::test]
+async fn requests_reach_the_right_container_by_host_and_a_bad_proxy_breaks_nothing() {
+    let s = setup("proxy-route").await;
+    let network = s.docker.network("shop").await.unwrap();
+    let shop = s
+        .docker
+        .run(ContainerSpec::new(images::APP).network(&network))
+        .await
+        .unwrap();
+    let blog = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+
+    s.write(
+        "shop.yaml",
+        &proxy("shop", "shop.example.test", &by_name(&shop.name), ""),
+    );
+    s.write(
+        "blog.yaml",
+        &proxy("blog", "blog.example.test", &by_name(&blog.name), ""),
+    );
+    let status = s.ready("shop", "True").await;
+    assert_eq!(status["status"]["networks"][0], network.as_str());
+    s.ready("blog", "True").await;
+    s.wait_for("shop.example.test", 200, &shop.name).await;
+    s.wait_for("blog.example.test", 200, &blog.name).await;
+    // A host no Proxy serves gets the edge's 404.
+    assert_eq!(s.get("nobody.example.test").await.unwrap().0, 404);
+
+    // A Proxy that fails the grammar is refused with its field; the others keep serving.
+    s.write(
+        "bad.yaml",
+        &proxy(
+            "bad",
+            "bad.example.test",
+            &by_name(&shop.name),
+            "  headers:\n    response:\n      X-Injected: \"$host\"\n",
+        ),
+    );
+    let bad = s.ready("bad", "False").await;
+    let message = bad["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("spec.headers.response"), "{message}");
+    s.wait_for("shop.example.test", 200, &shop.name).await;
+
+    // The edge joined the shop's network for it, and never served the bad one.
+    let networks = s.edge_networks().await;
+    assert!(networks.contains(&network), "{networks:?}");
+    assert_eq!(s.get("bad.example.test").await.unwrap().0, 404);
+
+    // Deleting a Proxy removes its site and leaves the network it alone needed.
+    std::fs::remove_file(s.operator.manifests().join("shop.yaml")).unwrap();
+    s.wait_for("shop.example.test", 404, "").await;
+    eventually(
+        "the edge to leave the shop network",
+        Duration::from_secs(20),
+        || async {
+            let networks = s.edge_networks().await;
+            if networks.contains(&network) {
+                Err(format!("{networks:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    s.wait_for("blog.example.test", 200, &blog.name).await;
+    s.operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn traffic_options_answer_403_429_and_503() {
+    let s = setup("proxy-options").await;
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    s.write(
+        "denied.yaml",
+        &proxy(
+            "denied",
+            "denied.example.test",
+            &by_name(&app.name),
+            "  access:\n    deny: [127.0.0.0/8, 172.16.0.0/12]\n",
+        ),
+    );
+    s.write(
+        "limited.yaml",
+        &proxy(
+            "limited",
+            "limited.example.test",
+            &by_name(&app.name),
+            "  rateLimit:\n    average: 1\n    period: 1m\n    burst: 0\n",
+        ),
+    );
+    s.write(
+        "paused.yaml",
+        &proxy(
+            "paused",
+            "paused.example.test",
+            &by_name(&app.name),
+            "  suspend: true\n",
+        ),
+    );
+    for name in ["denied", "limited", "paused"] {
+        s.ready(name, "True").await;
+    }
+    s.wait_for("denied.example.test", 403, "").await;
+    s.wait_for("paused.example.test", 503, "maintenance").await;
+    // One request a minute: the first passes, the next are refused. (Right after a reload,
+    // nginx's previous workers may still answer a request or two with the configuration
+    // before: wait rather than expect the very next answer.)
+    s.wait_for("limited.example.test", 200, &app.name).await;
+    s.wait_for("limited.example.test", 429, "").await;
+    s.operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_container_on_the_host_network_is_refused_with_the_reason() {
+    let s = setup("proxy-host").await;
+    let port = free_port().to_string();
+    let host = s
+        .docker
+        .run(
+            ContainerSpec::new(images::APP)
+                .network("host")
+                .env("PORT", &port),
+        )
+        .await
+        .unwrap();
+    s.write(
+        "host.yaml",
+        &proxy("host", "host.example.test", &by_name(&host.name), ""),
+    );
+    let refused = s.ready("host", "False").await;
+    let condition = &refused["status"]["conditions"][0];
+    assert_eq!(condition["reason"], "NetworkRefused", "{refused}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("\"host\""),
+        "{refused}"
+    );
+    s.operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_edge_removed_by_hand_is_recreated_serving_every_proxy() {
+    let s = setup("proxy-recreate").await;
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    s.write(
+        "one.yaml",
+        &proxy("one", "one.example.test", &by_name(&app.name), ""),
+    );
+    s.write(
+        "two.yaml",
+        &proxy("two", "two.example.test", &by_name(&app.name), ""),
+    );
+    s.ready("one", "True").await;
+    s.ready("two", "True").await;
+    s.wait_for("one.example.test", 200, &app.name).await;
+
+    let options = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .build();
+    s.docker
+        .client()
+        .remove_container(&s.edge, Some(options))
+        .await
+        .unwrap();
+    s.wait_for("one.example.test", 200, &app.name).await;
+    s.wait_for("two.example.test", 200, &app.name).await;
+    assert!(
+        s.operator.log().contains("created the edge"),
+        "{}",
+        s.operator.log()
+    );
+    s.operator.stop().await.unwrap();
+}
