@@ -154,6 +154,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
             crd_timeout: args.cluster.crd_timeout,
             instance: Some(instance(&args.cluster)),
+            edge: args.edge.options(),
         };
         runtime.block_on(kubernetes::run(options, shutdown_signal()))?;
     } else {

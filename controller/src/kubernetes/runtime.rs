@@ -25,13 +25,15 @@ use super::secrets::KubeSecrets;
 use crate::api::Kind;
 use crate::audit::{AuditKey, AuditLog, NewRecord, Outcome};
 use crate::delivery::Deliverer;
+use crate::edge::{Edge, EdgeOptions};
 use crate::reconcile::alert_channel::AlertChannels;
+use crate::reconcile::proxy::Proxies;
 use crate::reconcile::{Audit, Context, Event, EventType, Events};
 use crate::standalone::store::Store;
 use crate::telemetry::{self, Health, Metrics};
 
 /// The kinds whose reconcilers have landed, and so get a Controller.
-const KINDS: [Kind; 1] = [Kind::AlertChannel];
+const KINDS: [Kind; 2] = [Kind::AlertChannel, Kind::Proxy];
 
 /// How the runtime is set up.
 #[derive(Clone, Debug)]
@@ -50,6 +52,8 @@ pub struct Options {
     pub crd_timeout: Duration,
     /// Tells replicas apart in Events (the pod name).
     pub instance: Option<String>,
+    /// How the edge nginx container is run (on the Docker engine of DOCKER_HOST).
+    pub edge: EdgeOptions,
 }
 
 /// Runs until `shutdown` completes, or fails when this replica loses its Lease (the process
@@ -122,24 +126,39 @@ async fn lead_and_reconcile(
     let synced = Arc::new(AtomicUsize::new(0));
     let on_synced = {
         let health = health.clone();
-        move || {
+        Arc::new(move || {
             if synced.fetch_add(1, Ordering::AcqRel) + 1 == KINDS.len() {
                 info!("every watch cache has synced");
                 health.set(true, "leading; every watch cache has synced");
             }
-        }
+        })
     };
-    let shared = Arc::new(Shared {
-        reconciler: AlertChannels,
+    let docker: Arc<dyn crate::docker::Docker> = Arc::new(crate::docker::Engine::connect()?);
+    let edge = Arc::new(Edge::start(
+        docker.clone(),
+        options.edge.clone(),
+        ctx.audit.clone(),
+    ));
+    let namespace = options.namespace.as_deref();
+    let shared = Common {
         ctx: ctx.clone(),
         client: client.clone(),
-        events: ctx.events.clone(),
         metrics: metrics.clone(),
         resync: options.resync,
-        backoff: Backoff::default(),
-        written: std::sync::Mutex::default(),
+    };
+    let alert_channels = controller::run(shared.with(AlertChannels), namespace, stop.wait(), {
+        let on_synced = on_synced.clone();
+        move || on_synced()
     });
-    let controllers = controller::run(shared, options.namespace.as_deref(), stop.wait(), on_synced);
+    let proxies = controller::run(
+        shared.with(Proxies::new(docker, edge)),
+        namespace,
+        stop.wait(),
+        move || on_synced(),
+    );
+    let controllers = async {
+        tokio::join!(alert_channels, proxies);
+    };
 
     let lost = async {
         match leadership.as_mut() {
@@ -155,6 +174,29 @@ async fn lead_and_reconcile(
         leadership.release().await;
     }
     result
+}
+
+/// What every controller shares.
+struct Common {
+    ctx: Context,
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    resync: Duration,
+}
+
+impl Common {
+    fn with<R: crate::reconcile::Reconciler>(&self, reconciler: R) -> Arc<Shared<R>> {
+        Arc::new(Shared {
+            reconciler,
+            ctx: self.ctx.clone(),
+            client: self.client.clone(),
+            events: self.ctx.events.clone(),
+            metrics: self.metrics.clone(),
+            resync: self.resync,
+            backoff: Backoff::default(),
+            written: std::sync::Mutex::default(),
+        })
+    }
 }
 
 /// The reconcilers' view of the cluster.

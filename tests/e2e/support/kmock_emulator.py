@@ -10,15 +10,20 @@ theirs exists, so that listing an empty collection answers 200 rather than 404.
 kmock stores objects as given; a real API server also stamps metadata, which kube's watcher
 and Controller rely on. The subclass below stamps uid, creationTimestamp, namespace,
 resourceVersion (one increasing counter) and generation (bumped when a patch changes spec).
+kmock merges every PATCH body into the object; JSON patches (a list of operations, as kube's
+finalizer helper sends) are applied here first and handed on as the merge they amount to.
 """
 
 import argparse
 import asyncio
+import copy
 import datetime
 import itertools
 import signal
 import uuid
 
+import aiohttp.web
+import attrs
 import kmock
 
 
@@ -37,6 +42,23 @@ class Emulator(kmock.KubernetesEmulator):
         return result
 
     async def _handle(self, request):
+        if (
+            request.resource is not None
+            and request.action == kmock.action.UPDATE
+            and request.name is not None
+            and isinstance(request.data, list)
+        ):
+            key = (request.resource, request.namespace, request.name)
+            if key not in self.objects:
+                return aiohttp.web.json_response({"kind": "Status", "code": 404}, status=404)
+            patched = apply_json_patch(self.objects[key].raw, request.data)
+            if patched is None:
+                return aiohttp.web.json_response(
+                    {"kind": "Status", "code": 422, "reason": "Invalid", "message": "test failed"},
+                    status=422,
+                )
+            # kmock merges dicts and replaces lists: the metadata is what JSON patches change.
+            request = attrs.evolve(request, data={"metadata": patched.get("metadata", {})})
         data = request.data
         if request.resource is not None and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
@@ -63,6 +85,32 @@ class Emulator(kmock.KubernetesEmulator):
                     meta["generation"] = generation
                 meta["resourceVersion"] = self._next_version()
         return await super()._handle(request)
+
+
+def apply_json_patch(document, operations):
+    """RFC 6902 add, remove, replace and test on a copy; None when a test fails."""
+    document = copy.deepcopy(document)
+    for op in operations:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        parent = document
+        for part in parts[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else parent.setdefault(part, {})
+        last = parts[-1]
+        index = (len(parent) if last == "-" else int(last)) if isinstance(parent, list) else last
+        if op["op"] == "test":
+            current = parent[index] if isinstance(parent, list) else parent.get(index)
+            if current != op["value"]:
+                return None
+        elif op["op"] == "add":
+            if isinstance(parent, list):
+                parent.insert(index, op["value"])
+            else:
+                parent[index] = op["value"]
+        elif op["op"] == "replace":
+            parent[index] = op["value"]
+        elif op["op"] == "remove":
+            del parent[index]
+    return document
 
 
 async def serve(resources):

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use infrapilot::api::Kind;
+use infrapilot_e2e::docker::{ContainerSpec, TestDocker, images};
+use infrapilot_e2e::edge::TestEdge;
 use infrapilot_e2e::kmock::KubeEmulator;
 use infrapilot_e2e::operator::Operator;
 use infrapilot_e2e::wait::eventually;
@@ -18,9 +20,10 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::json;
 
-const RESOURCES: [&str; 5] = [
+const RESOURCES: [&str; 6] = [
     "apiextensions.k8s.io/v1/customresourcedefinitions",
     "infrapilot.io/v1alpha1/alertchannels",
+    "infrapilot.io/v1alpha1/proxies",
     "coordination.k8s.io/v1/leases",
     "events.k8s.io/v1/events",
     "v1/secrets",
@@ -39,22 +42,24 @@ async fn cluster() -> (KubeEmulator, kube::Client, WebhookServer) {
     (emulator, client, hook)
 }
 
-/// Installs the AlertChannel CRD, marked Established (the emulator has no apiextensions
-/// controller to do it).
+/// Installs the CRDs of the kinds with controllers, marked Established (the emulator has no
+/// apiextensions controller to do it).
 async fn install_crd(client: kube::Client) {
-    let mut crd = Kind::AlertChannel.crd().clone();
-    crd.status = Some(CustomResourceDefinitionStatus {
-        conditions: Some(vec![CustomResourceDefinitionCondition {
-            type_: "Established".to_owned(),
-            status: "True".to_owned(),
+    for kind in [Kind::AlertChannel, Kind::Proxy] {
+        let mut crd = kind.crd().clone();
+        crd.status = Some(CustomResourceDefinitionStatus {
+            conditions: Some(vec![CustomResourceDefinitionCondition {
+                type_: "Established".to_owned(),
+                status: "True".to_owned(),
+                ..Default::default()
+            }]),
             ..Default::default()
-        }]),
-        ..Default::default()
-    });
-    Api::<CustomResourceDefinition>::all(client)
-        .create(&PostParams::default(), &crd)
-        .await
-        .expect("the emulator stores the CRD");
+        });
+        Api::<CustomResourceDefinition>::all(client.clone())
+            .create(&PostParams::default(), &crd)
+            .await
+            .expect("the emulator stores the CRD");
+    }
 }
 
 fn channels(client: kube::Client) -> Api<DynamicObject> {
@@ -203,25 +208,32 @@ async fn lease_holder(client: kube::Client) -> Option<String> {
 
 /// Starts `infrapilot run` against the emulator as replica `instance`.
 fn start_replica(emulator: &KubeEmulator, instance: &str) -> Operator {
+    start_replica_with(emulator, instance, &[])
+}
+
+/// [`start_replica`] with more options.
+fn start_replica_with(emulator: &KubeEmulator, instance: &str, extra: &[String]) -> Operator {
     let dir = env::test_dir(&names::unique(instance));
     std::fs::create_dir_all(&dir).expect("the test directory");
     let kubeconfig = dir.join("kubeconfig");
     emulator
         .write_kubeconfig(&kubeconfig)
         .expect("the kubeconfig is written");
+    let mut args = vec![
+        "run",
+        "--probe-address",
+        "127.0.0.1:0",
+        "--lease-namespace",
+        "default",
+        "--lease-duration",
+        "3s",
+        "--instance",
+        instance,
+    ];
+    args.extend(extra.iter().map(String::as_str));
     Operator::start_with_env(
         &dir,
-        &[
-            "run",
-            "--probe-address",
-            "127.0.0.1:0",
-            "--lease-namespace",
-            "default",
-            "--lease-duration",
-            "3s",
-            "--instance",
-            instance,
-        ],
+        &args,
         &[("KUBECONFIG", kubeconfig.to_str().expect("a UTF-8 path"))],
     )
     .expect("the operator starts")
@@ -376,6 +388,60 @@ async fn an_unreadable_object_is_reported_and_the_others_keep_reconciling() {
             }
         },
     )
+    .await;
+    operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_proxy_is_served_and_its_finalizer_removes_it_on_delete() {
+    let (emulator, client, _hook) = cluster().await;
+    let docker = TestDocker::new("k8s-proxy").await;
+    let app = docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    let edge = TestEdge::new(&docker);
+    let operator = start_replica_with(&emulator, "replica-a", &edge.args());
+
+    let resource = ApiResource {
+        group: "infrapilot.io".to_owned(),
+        version: "v1alpha1".to_owned(),
+        api_version: "infrapilot.io/v1alpha1".to_owned(),
+        kind: "Proxy".to_owned(),
+        plural: "proxies".to_owned(),
+    };
+    let proxies: Api<DynamicObject> = Api::namespaced_with(client, "default", &resource);
+    let proxy: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "infrapilot.io/v1alpha1", "kind": "Proxy",
+        "metadata": {"name": "shop", "namespace": "default"},
+        "spec": {"hosts": ["shop.example.test"], "upstream": {"name": app.name, "port": 8080}},
+    }))
+    .unwrap();
+    proxies
+        .create(&PostParams::default(), &proxy)
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_ready(&proxies, "shop", &[&operator]).await,
+        ("True".to_owned(), "Serving".to_owned())
+    );
+    let object = proxies.get("shop").await.unwrap();
+    assert_eq!(
+        object.metadata.finalizers,
+        Some(vec!["infrapilot.io/proxy".to_owned()])
+    );
+    edge.wait_for("shop.example.test", 200, &app.name, || operator.log())
+        .await;
+
+    // Deleting waits for the finalizer: the site goes, then the object.
+    proxies.delete("shop", &Default::default()).await.unwrap();
+    edge.wait_for("shop.example.test", 404, "", || operator.log())
+        .await;
+    eventually("the Proxy to be gone", Duration::from_secs(20), || async {
+        // kmock's 404 has a reason kube does not read as NotFound: check the code.
+        match proxies.get("shop").await {
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(error) => Err(error.to_string()),
+            Ok(object) => Err(format!("still there: {:?}", object.metadata)),
+        }
+    })
     .await;
     operator.stop().await.unwrap();
 }

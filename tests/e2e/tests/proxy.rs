@@ -3,62 +3,36 @@
 
 use std::time::Duration;
 
-use infrapilot_e2e::docker::{ContainerSpec, SCOPE_LABEL, TEST_LABEL, TestDocker, images};
+use infrapilot_e2e::docker::{ContainerSpec, TestDocker, images};
+use infrapilot_e2e::edge::{TestEdge, free_port};
 use infrapilot_e2e::operator::Operator;
 use infrapilot_e2e::wait::eventually;
 use infrapilot_e2e::{env, names};
 
-/// An operator in standalone mode whose edge publishes on free loopback ports and carries the
-/// test's labels, so the test's cleanup removes it.
+/// An operator in standalone mode with its edge.
 struct Setup {
     docker: TestDocker,
     operator: Operator,
-    edge: String,
-    http: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    edge: TestEdge,
 }
 
 async fn setup(test: &str) -> Setup {
     let docker = TestDocker::new(test).await;
-    let labels = docker.labels();
-    let edge = docker.unique_name("edge");
-    let (http, https) = (free_port(), free_port());
+    let edge = TestEdge::new(&docker);
     let dir = env::test_dir(&names::unique(test));
     std::fs::create_dir_all(dir.join("manifests")).expect("the manifests directory");
-    let args = [
+    let mut args = vec![
         "run".to_owned(),
         "--manifests".to_owned(),
         "manifests".to_owned(),
-        "--edge-name".to_owned(),
-        edge.clone(),
-        "--edge-image".to_owned(),
-        images::NGINX.to_owned(),
-        "--edge-address".to_owned(),
-        "127.0.0.1".to_owned(),
-        "--edge-http-port".to_owned(),
-        http.to_string(),
-        "--edge-https-port".to_owned(),
-        https.to_string(),
-        "--edge-check-interval".to_owned(),
-        "1s".to_owned(),
-        "--edge-label".to_owned(),
-        format!("{TEST_LABEL}={}", labels[TEST_LABEL]),
-        "--edge-label".to_owned(),
-        format!("{SCOPE_LABEL}={}", labels[SCOPE_LABEL]),
     ];
+    args.extend(edge.args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let operator = Operator::start(&dir, &args).expect("the operator starts");
     Setup {
         docker,
         operator,
         edge,
-        http,
     }
 }
 
@@ -70,44 +44,14 @@ impl Setup {
         std::fs::rename(tmp, dir.join(file)).expect("renaming a manifest into place");
     }
 
-    /// A GET through the edge for `host`: status and body.
     async fn get(&self, host: &str) -> Result<(u16, String), String> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let response = client
-            .get(format!("http://127.0.0.1:{}/", self.http))
-            .header("Host", host)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        Ok((status, response.text().await.map_err(|e| e.to_string())?))
+        self.edge.get(host).await
     }
 
-    /// Waits until `host` answers `status` with a body containing `body`.
     async fn wait_for(&self, host: &str, status: u16, body: &str) {
-        eventually(
-            &format!("{host} to answer {status} with {body:?}"),
-            Duration::from_secs(30),
-            || async {
-                match self.get(host).await {
-                    Ok((s, b)) if s == status && b.contains(body) => Ok(()),
-                    other => Err(format!(
-                        "{other:?}; operator log tail:\n{}",
-                        self.operator
-                            .log()
-                            .lines()
-                            .rev()
-                            .take(15)
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                    )),
-                }
-            },
-        )
-        .await;
+        self.edge
+            .wait_for(host, status, body, || self.operator.log())
+            .await;
     }
 
     /// The networks the edge container is on.
@@ -115,7 +59,7 @@ impl Setup {
         let edge = self
             .docker
             .client()
-            .inspect_container(&self.edge, None)
+            .inspect_container(&self.edge.name, None)
             .await
             .expect("the edge exists");
         edge.network_settings
@@ -307,7 +251,7 @@ async fn the_edge_removed_by_hand_is_recreated_serving_every_proxy() {
         .build();
     s.docker
         .client()
-        .remove_container(&s.edge, Some(options))
+        .remove_container(&s.edge.name, Some(options))
         .await
         .unwrap();
     s.wait_for("one.example.test", 200, &app.name).await;

@@ -1,0 +1,91 @@
+//! The operator's edge in a test: published on free loopback ports and labelled with the
+//! test's Docker scope, so that the scope's cleanup removes it.
+
+use std::time::Duration;
+
+use crate::docker::{SCOPE_LABEL, TEST_LABEL, TestDocker, images};
+
+#[derive(Debug, Clone)]
+pub struct TestEdge {
+    pub name: String,
+    pub http: u16,
+    pub https: u16,
+    labels: Vec<String>,
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl TestEdge {
+    pub fn new(docker: &TestDocker) -> Self {
+        let labels = docker.labels();
+        Self {
+            name: docker.unique_name("edge"),
+            http: free_port(),
+            https: free_port(),
+            labels: vec![
+                format!("{TEST_LABEL}={}", labels[TEST_LABEL]),
+                format!("{SCOPE_LABEL}={}", labels[SCOPE_LABEL]),
+            ],
+        }
+    }
+
+    /// The `infrapilot run` options for this edge, from the nginx test image.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--edge-name".to_owned(),
+            self.name.clone(),
+            "--edge-image".to_owned(),
+            images::NGINX.to_owned(),
+            "--edge-address".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--edge-http-port".to_owned(),
+            self.http.to_string(),
+            "--edge-https-port".to_owned(),
+            self.https.to_string(),
+            "--edge-check-interval".to_owned(),
+            "1s".to_owned(),
+        ];
+        for label in &self.labels {
+            args.push("--edge-label".to_owned());
+            args.push(label.clone());
+        }
+        args
+    }
+
+    /// A GET through the edge for `host`: status and body.
+    pub async fn get(&self, host: &str) -> Result<(u16, String), String> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let response = client
+            .get(format!("http://127.0.0.1:{}/", self.http))
+            .header("Host", host)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await.map_err(|e| e.to_string())?))
+    }
+
+    /// Waits until `host` answers `status` with a body containing `body`; `log` tells why not.
+    pub async fn wait_for(&self, host: &str, status: u16, body: &str, log: impl Fn() -> String) {
+        crate::wait::eventually(
+            &format!("{host} to answer {status} with {body:?}"),
+            Duration::from_secs(30),
+            || async {
+                match self.get(host).await {
+                    Ok((s, b)) if s == status && b.contains(body) => Ok(()),
+                    other => Err(format!("{other:?}; log:\n{}", log())),
+                }
+            },
+        )
+        .await;
+    }
+}
