@@ -263,3 +263,90 @@ async fn the_edge_removed_by_hand_is_recreated_serving_every_proxy() {
     );
     s.operator.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_quoted_header_value_reaches_clients_as_data_never_as_configuration() {
+    let s = setup("proxy-injection").await;
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    // Quotes, semicolons, braces and # are data inside a quoted nginx string.
+    let payload = r#"x"; return 200 "owned"; } server { listen 81; # {"#;
+    let quoted = serde_json::to_string(payload).unwrap();
+    s.write(
+        "inject.yaml",
+        &proxy(
+            "inject",
+            "inject.example.test",
+            &by_name(&app.name),
+            &format!("  headers:\n    response:\n      X-Note: {quoted}\n"),
+        ),
+    );
+    s.ready("inject", "True").await;
+    s.wait_for("inject.example.test", 200, &app.name).await;
+    let response = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/", s.edge.http))
+        .header("Host", "inject.example.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-note"].to_str().unwrap(), payload);
+    assert!(response.text().await.unwrap().contains(&app.name));
+    s.operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restart_rewrites_and_reloads_nothing_that_is_served() {
+    let s = setup("proxy-restart").await;
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    s.write(
+        "one.yaml",
+        &proxy("one", "one.example.test", &by_name(&app.name), ""),
+    );
+    s.ready("one", "True").await;
+    s.wait_for("one.example.test", 200, &app.name).await;
+    let audited = |dir: std::path::PathBuf| async move {
+        let output = infrapilot_e2e::operator::cli(&dir, &["audit", "list", "--kind", "Proxy"])
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).lines().count()
+    };
+    let before = audited(s.operator.dir().to_owned()).await;
+    assert!(before >= 1, "the first apply is audited");
+
+    let dir = s.operator.dir().to_owned();
+    let mut args = vec![
+        "run".to_owned(),
+        "--manifests".to_owned(),
+        "manifests".to_owned(),
+    ];
+    args.extend(s.edge.args());
+    s.operator.stop().await.unwrap();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let again = Operator::start(&dir, &args).unwrap();
+    eventually(
+        "the restarted operator to find the edge",
+        Duration::from_secs(30),
+        || async {
+            let log = again.log();
+            if log.contains("found the running edge") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .await;
+    s.edge
+        .wait_for("one.example.test", 200, &app.name, || again.log())
+        .await;
+    // Reconciled again, but nothing was written, reloaded or attached a second time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(audited(dir.clone()).await, before, "{}", again.log());
+    // Both runs log to the same file: the edge was created once, by the first.
+    assert_eq!(
+        again.log().matches("created the edge").count(),
+        1,
+        "{}",
+        again.log()
+    );
+    again.stop().await.unwrap();
+}
