@@ -28,6 +28,14 @@ pub enum SecretError {
 }
 
 impl SecretError {
+    /// `unreachable` when the API could not be asked, else `secret` (a person must fix it).
+    pub fn category(&self) -> &'static str {
+        match self {
+            SecretError::Unavailable(_) => "unreachable",
+            _ => "secret",
+        }
+    }
+
     pub fn not_found(namespace: &str, name: &str) -> Self {
         SecretError::NotFound {
             namespace: namespace.to_owned(),

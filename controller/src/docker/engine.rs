@@ -77,7 +77,8 @@ fn archive(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, DockerError> {
     for (path, content) in files {
         let mut header = tar::Header::new_gnu();
         header.set_size(content.len() as u64);
-        header.set_mode(0o644);
+        // Private keys are readable by the nginx master (root) only.
+        header.set_mode(if path.ends_with(".key") { 0o600 } else { 0o644 });
         header.set_mtime(0);
         header.set_cksum();
         builder

@@ -55,6 +55,9 @@ pub struct Wanted {
     pub config: String,
     /// The networks the edge must be on to reach the upstream.
     pub networks: Vec<String>,
+    /// Files the configuration refers to (a certificate and its key): absolute path and
+    /// content. Written with the configuration and validated with it.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// What became of a wanted configuration.
@@ -151,6 +154,7 @@ impl EdgeApi for Edge {
 struct Live {
     config: String,
     networks: Vec<String>,
+    files: Vec<(String, Vec<u8>)>,
     object: Option<ObjectRef>,
 }
 
@@ -339,6 +343,8 @@ impl Owner {
             self.live.entry(site.to_owned()).or_insert(Live {
                 config: String::from_utf8_lossy(&content).into_owned(),
                 networks: Vec::new(),
+                // Unknown until the Proxy is reconciled again; rewritten then if different.
+                files: Vec::new(),
                 object: None,
             });
         }
@@ -415,7 +421,10 @@ impl Owner {
         for (id, (wish, object)) in wanted {
             match wish {
                 Some(wish) => {
-                    let unchanged = self.live.get(&id).is_some_and(|l| l.config == wish.config);
+                    let unchanged = self
+                        .live
+                        .get(&id)
+                        .is_some_and(|l| l.config == wish.config && l.files == wish.files);
                     if unchanged {
                         if let Some(live) = self.live.get_mut(&id) {
                             live.networks = wish.networks.clone();
@@ -466,13 +475,28 @@ impl Owner {
 
         let files: Vec<(String, Vec<u8>)> = writes
             .iter()
-            .map(|(id, wish)| (file_path(id), wish.config.clone().into_bytes()))
+            .flat_map(|(id, wish)| {
+                // The files the configuration refers to first: nginx -t loads them.
+                let mut files = wish.files.clone();
+                files.push((file_path(id), wish.config.clone().into_bytes()));
+                files
+            })
             .collect();
         if !files.is_empty() {
             self.docker.put_files(&container, &files).await?;
         }
         if !removals.is_empty() {
-            let paths: Vec<String> = removals.keys().map(|id| file_path(id)).collect();
+            let paths: Vec<String> = removals
+                .keys()
+                .flat_map(|id| {
+                    let files = self
+                        .live
+                        .get(id)
+                        .map(|l| l.files.clone())
+                        .unwrap_or_default();
+                    std::iter::once(file_path(id)).chain(files.into_iter().map(|(path, _)| path))
+                })
+                .collect();
             let mut argv = vec!["rm", "-f"];
             argv.extend(paths.iter().map(String::as_str));
             self.docker.exec(&container, &argv).await?;
@@ -492,7 +516,8 @@ impl Owner {
                 warn!(edge = %self.options.name, "nginx rejected the configuration: {message}");
                 let all: Vec<String> = writes.keys().cloned().collect();
                 for id in all {
-                    self.restore(&container, &id).await?;
+                    let written = writes.get(&id).map(|w| w.files.clone()).unwrap_or_default();
+                    self.restore(&container, &id, &written).await?;
                     rejected.insert(id, message.clone());
                 }
                 let test = self.docker.exec(&container, &["nginx", "-t"]).await?;
@@ -501,7 +526,8 @@ impl Owner {
                 }
                 break;
             };
-            self.restore(&container, &id).await?;
+            let written = writes.get(&id).map(|w| w.files.clone()).unwrap_or_default();
+            self.restore(&container, &id, &written).await?;
             rejected.insert(id, message);
         }
 
@@ -529,6 +555,7 @@ impl Owner {
                     Live {
                         config: wish.config,
                         networks: wish.networks,
+                        files: wish.files,
                         object: Some(wish.object),
                     },
                 );
@@ -562,20 +589,23 @@ impl Owner {
     }
 
     /// Puts a Proxy's file back as it is live, or removes it when it was new.
-    async fn restore(&self, container: &str, id: &str) -> Result<(), EdgeError> {
+    async fn restore(
+        &self,
+        container: &str,
+        id: &str,
+        written: &[(String, Vec<u8>)],
+    ) -> Result<(), EdgeError> {
         match self.live.get(id) {
             Some(live) => {
-                self.docker
-                    .put_files(
-                        container,
-                        &[(file_path(id), live.config.clone().into_bytes())],
-                    )
-                    .await?
+                let mut files = live.files.clone();
+                files.push((file_path(id), live.config.clone().into_bytes()));
+                self.docker.put_files(container, &files).await?;
             }
             None => {
-                self.docker
-                    .exec(container, &["rm", "-f", &file_path(id)])
-                    .await?;
+                let mut argv = vec!["rm".to_owned(), "-f".to_owned(), file_path(id)];
+                argv.extend(written.iter().map(|(path, _)| path.clone()));
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                self.docker.exec(container, &argv).await?;
             }
         }
         Ok(())

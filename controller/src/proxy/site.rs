@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use super::grammar::{self, Cidr, Hostname, Invalid};
-use crate::api::proxy::ProxySpec;
+use crate::api::proxy::{ProxySpec, TlsPolicy};
 
 /// The edge's access log format, one JSON object per request, in every Proxy's log file
 /// (`/var/log/nginx/infrapilot/<id>.access.log`). Field names are stable: the alerting
@@ -28,6 +28,9 @@ pub fn edge_config() -> String {
          log_format infrapilot_json escape=json {ACCESS_LOG_FORMAT};\n\
          map $http_upgrade $infrapilot_connection_upgrade {{\n    default upgrade;\n    '' close;\n}}\n\
          server_names_hash_bucket_size 128;\n\
+         ssl_session_cache shared:infrapilot_tls:10m;\n\
+         ssl_session_timeout 1d;\n\
+         ssl_session_tickets off;\n\
          server {{\n    listen 80 default_server;\n    server_name _;\n    set $infrapilot_proxy \"\";\n    \
          access_log off;\n    return 404;\n}}\n"
     )
@@ -50,6 +53,18 @@ pub struct Settings {
     pub request_headers: Vec<(String, String)>,
     pub response_headers: Vec<(String, String)>,
     pub suspend: bool,
+    pub tls: Option<TlsSettings>,
+}
+
+/// How a Proxy serves HTTPS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The certificate comes from ACME: port 80 answers HTTP-01 challenges.
+    pub acme: bool,
+    pub redirect_http: bool,
+    pub policy: TlsPolicy,
+    /// The Strict-Transport-Security value, quoted.
+    pub hsts: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +127,39 @@ impl Settings {
         let headers = spec.headers.clone().unwrap_or_default();
         let request_headers = check.headers(&headers.request, "request");
         let response_headers = check.headers(&headers.response, "response");
+        let tls = spec.tls.as_ref().map(|tls| {
+            let acme = tls.acme.is_some();
+            if acme {
+                for (i, host) in spec.hosts.iter().enumerate() {
+                    if host.starts_with("*.") {
+                        check.keep::<()>(Err(Invalid {
+                            field: format!("spec.hosts[{i}]"),
+                            reason: format!(
+                                "{host:?}: a wildcard certificate needs a DNS-01 challenge; ACME \
+                                 here answers HTTP-01 only: use tls.secretName"
+                            ),
+                        }));
+                    }
+                }
+            }
+            let hsts = tls.hsts.as_ref().and_then(|hsts| {
+                let ms = check.keep(grammar::duration_ms("spec.tls.hsts.maxAge", &hsts.max_age))?;
+                let mut value = format!("max-age={}", ms / 1000);
+                if hsts.include_sub_domains {
+                    value.push_str("; includeSubDomains");
+                }
+                if hsts.preload {
+                    value.push_str("; preload");
+                }
+                Some(format!("\"{value}\""))
+            });
+            TlsSettings {
+                acme,
+                redirect_http: tls.redirect_http,
+                policy: tls.policy,
+                hsts,
+            }
+        });
         if !check.errors.is_empty() {
             return Err(check.errors);
         }
@@ -127,6 +175,7 @@ impl Settings {
             request_headers,
             response_headers,
             suspend: spec.suspend,
+            tls,
         })
     }
 }
@@ -186,9 +235,33 @@ pub enum Target {
     Url,
 }
 
-/// Renders one Proxy's configuration: an optional rate-limit zone and the server block.
-/// `object` is `namespace/name`, already checked as object names.
-pub fn render(id: &str, object: &str, settings: &Settings, target: &Target) -> String {
+/// Where a Proxy's certificate chain and key live inside the edge.
+pub fn tls_paths(id: &str) -> (String, String) {
+    (format!("{TLS_DIR}/{id}.crt"), format!("{TLS_DIR}/{id}.key"))
+}
+
+/// The directory of certificates inside the edge.
+pub const TLS_DIR: &str = "/etc/nginx/infrapilot/tls";
+/// Where ACME HTTP-01 tokens are served from inside the edge.
+pub const ACME_DIR: &str = "/var/lib/infrapilot/acme";
+
+/// Mozilla's "Intermediate" cipher list (server-side TLS guidelines, version 5.7): TLS 1.2
+/// suites with forward secrecy and AEAD; TLS 1.3 suites are not configurable in nginx.
+const INTERMEDIATE_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:\
+ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:\
+DHE-RSA-CHACHA20-POLY1305";
+
+/// Renders one Proxy's configuration: an optional rate-limit zone, the upstream, the plain
+/// HTTP server and, when `certificate` is in place, the HTTPS server. `object` is
+/// `namespace/name`, already checked as object names.
+pub fn render(
+    id: &str,
+    object: &str,
+    settings: &Settings,
+    target: &Target,
+    certificate: bool,
+) -> String {
     let mut c = String::new();
     let _ = writeln!(
         c,
@@ -215,11 +288,58 @@ pub fn render(id: &str, object: &str, settings: &Settings, target: &Target) -> S
         (Target::Url, None) => "http://127.0.0.1:9".to_owned(),
     };
     let hosts: Vec<&str> = settings.hosts.iter().map(Hostname::as_str).collect();
-    let _ = writeln!(
-        c,
-        "server {{\n    listen 80;\n    server_name {};",
-        hosts.join(" ")
-    );
+    let hosts = hosts.join(" ");
+    let tls = settings.tls.as_ref();
+    let https = certificate && tls.is_some();
+
+    let _ = writeln!(c, "server {{\n    listen 80;\n    server_name {hosts};");
+    if tls.is_some_and(|t| t.acme) {
+        let _ = writeln!(
+            c,
+            "    location ^~ /.well-known/acme-challenge/ {{\n        alias {ACME_DIR}/;\n        \
+             default_type text/plain;\n        access_log off;\n    }}"
+        );
+    }
+    if https && tls.is_some_and(|t| t.redirect_http) {
+        let _ = writeln!(
+            c,
+            "    location / {{\n        return 301 https://$host$request_uri;\n    }}\n}}"
+        );
+    } else {
+        site_body(&mut c, id, object, settings, &pass);
+        let _ = writeln!(c, "}}");
+    }
+
+    if let (true, Some(tls)) = (https, tls) {
+        let (crt, key) = tls_paths(id);
+        let _ = writeln!(
+            c,
+            "server {{\n    listen 443 ssl http2;\n    server_name {hosts};\n    \
+             ssl_certificate {crt};\n    ssl_certificate_key {key};"
+        );
+        match tls.policy {
+            TlsPolicy::Modern => {
+                let _ = writeln!(c, "    ssl_protocols TLSv1.3;");
+            }
+            TlsPolicy::Intermediate => {
+                let _ = writeln!(
+                    c,
+                    "    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_ciphers {INTERMEDIATE_CIPHERS};"
+                );
+            }
+        }
+        let _ = writeln!(c, "    ssl_prefer_server_ciphers off;");
+        if let Some(hsts) = &tls.hsts {
+            let _ = writeln!(c, "    add_header Strict-Transport-Security {hsts} always;");
+        }
+        site_body(&mut c, id, object, settings, &pass);
+        let _ = writeln!(c, "}}");
+    }
+    c
+}
+
+/// What a server block of a Proxy holds, whether plain or TLS.
+fn site_body(c: &mut String, id: &str, object: &str, settings: &Settings, pass: &str) {
     let _ = writeln!(c, "    set $infrapilot_proxy \"{object}\";");
     let _ = writeln!(c, "    access_log {} infrapilot_json;", access_log_path(id));
     if let Some(size) = &settings.client_max_body_size {
@@ -293,8 +413,7 @@ pub fn render(id: &str, object: &str, settings: &Settings, target: &Target) -> S
             let _ = writeln!(c, "        proxy_set_header {name} {value};");
         }
     }
-    let _ = writeln!(c, "    }}\n}}");
-    c
+    let _ = writeln!(c, "    }}");
 }
 
 #[cfg(test)]

@@ -8,9 +8,14 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{Applied, Context, Failure, Reconciler, Requeue, object_ref};
-use crate::api::proxy::{Proxy, ProxySpec, ProxyStatus, UpstreamStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::proxy::{
+    CertificateStatus, Proxy, ProxySpec, ProxyStatus, TlsGrade, UpstreamStatus,
+};
 use crate::docker::{ContainerFacts, Docker, DockerError, NetworkFacts};
 use crate::edge::{EdgeApi, Served, Wanted};
+use crate::proxy::certificate;
 use crate::proxy::grammar;
 use crate::proxy::site::{self, Settings, Target};
 use crate::proxy::upstream::{self, Refusal};
@@ -197,15 +202,55 @@ impl Reconciler for Proxies {
                 );
             }
         };
-        if proxy.spec.tls.is_some() {
-            return fail(
-                status,
-                "TLSUnavailable",
-                "this version of InfraPilot serves plain HTTP only: remove spec.tls, or upgrade"
-                    .to_owned(),
-                "config",
-                Requeue::OnChange,
-            );
+        // The certificate, when the Proxy serves HTTPS.
+        let mut files = Vec::new();
+        let mut certificate = None;
+        if let Some(tls) = &proxy.spec.tls {
+            if tls.acme.is_some() {
+                return fail(
+                    status,
+                    "TLSUnavailable",
+                    "this version of InfraPilot cannot issue ACME certificates yet: put a \
+                     certificate in a Secret and name it in spec.tls.secretName"
+                        .to_owned(),
+                    "config",
+                    Requeue::OnChange,
+                );
+            }
+            if let Some(secret) = &tls.secret_name {
+                let read = async {
+                    let crt = ctx.secrets.get(namespace, secret, "tls.crt").await?;
+                    let key = ctx.secrets.get(namespace, secret, "tls.key").await?;
+                    Ok::<_, crate::secrets::SecretError>((crt, key))
+                };
+                let (crt, key) = match read.await {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        return fail(
+                            status,
+                            "SecretUnavailable",
+                            error.to_string(),
+                            error.category(),
+                            Requeue::After(RECHECK),
+                        );
+                    }
+                };
+                match certificate::parse(&crt, &key) {
+                    Ok(parsed) => certificate = Some(parsed),
+                    Err(error) => {
+                        return fail(
+                            status,
+                            "InvalidCertificate",
+                            format!("Secret {namespace}/{secret}: {error}"),
+                            "config",
+                            Requeue::After(RECHECK),
+                        );
+                    }
+                }
+                let id = site::site_id(proxy.metadata.uid.as_deref().unwrap_or_default());
+                let (crt_path, key_path) = site::tls_paths(&id);
+                files = vec![(crt_path, crt), (key_path, key)];
+            }
         }
 
         // Find the upstream.
@@ -268,13 +313,14 @@ impl Reconciler for Proxies {
 
         // Build, then hand to the edge.
         let id = site::site_id(proxy.metadata.uid.as_deref().unwrap_or_default());
-        let config = site::render(&id, &object, &settings, &target);
+        let config = site::render(&id, &object, &settings, &target, certificate.is_some());
         let hash = hex::encode(&Sha256::digest(config.as_bytes())[..8]);
         let wanted = Wanted {
             id,
             object: object_ref(proxy),
             config,
             networks: networks.clone(),
+            files,
         };
         match self.edge.apply(wanted).await {
             Err(error) => fail(
@@ -294,13 +340,34 @@ impl Reconciler for Proxies {
                 Requeue::OnChange,
             ),
             Ok(Served::Serving) => {
+                let hosts: Vec<&str> = settings.hosts.iter().map(|h| h.as_str()).collect();
+                let (certificate_status, tls_grade) = match (&certificate, &proxy.spec.tls) {
+                    (Some(certificate), Some(tls)) => {
+                        let hsts = tls
+                            .hsts
+                            .as_ref()
+                            .and_then(|h| crate::api::common::parse_duration(&h.max_age))
+                            .map(|d| d.as_secs());
+                        let (grade, reasons) =
+                            certificate::grade(certificate, &hosts, tls.policy, hsts, now);
+                        (
+                            Some(CertificateStatus {
+                                not_after: Some(Time(certificate.not_after)),
+                                ..status.certificate.clone().unwrap_or_default()
+                            }),
+                            Some(TlsGrade { grade, reasons }),
+                        )
+                    }
+                    _ => (None, None),
+                };
                 let mut status = ProxyStatus {
                     upstream: Some(upstream_status.clone()),
                     networks,
                     config_hash: Some(hash),
+                    certificate: certificate_status,
+                    tls_grade,
                     ..status
                 };
-                let hosts: Vec<&str> = settings.hosts.iter().map(|h| h.as_str()).collect();
                 let message = if settings.suspend {
                     format!("{} answer 503 (suspended)", hosts.join(", "))
                 } else {

@@ -58,10 +58,12 @@ impl TestEdge {
         args
     }
 
-    /// A GET through the edge for `host`: status and body.
+    /// A GET through the edge for `host`: status and body. Redirects are answers, not
+    /// followed.
     pub async fn get(&self, host: &str) -> Result<(u16, String), String> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
         let response = client

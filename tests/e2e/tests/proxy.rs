@@ -350,3 +350,163 @@ async fn a_restart_rewrites_and_reloads_nothing_that_is_served() {
     );
     again.stop().await.unwrap();
 }
+
+/// A CA and a certificate it signed for `host`, made with openssl: (chain PEM, key PEM, CA PEM).
+fn certificate_for(dir: &std::path::Path, host: &str) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs (tests/env/provision.sh installs it)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    std::fs::create_dir_all(dir).expect("the PKI directory");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=InfraPilot Test CA",
+            "-days",
+            "2",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"],
+        &ec[..],
+        &[
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            &format!("/CN={host}"),
+        ],
+    ]
+    .concat());
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName=DNS:{host}\n"))
+        .expect("the extensions file");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.crt",
+        "-days",
+        "30",
+        "-extfile",
+        "san.ext",
+    ]);
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("an openssl output");
+    (
+        read("leaf.crt") + &read("ca.crt"),
+        read("leaf.key"),
+        read("ca.crt"),
+    )
+}
+
+fn indented(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+#[tokio::test]
+async fn a_certificate_from_a_secret_is_served_over_https_with_a_grade() {
+    let s = setup("proxy-tls").await;
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    let host = "secure.example.test";
+    let (chain, key, ca) = certificate_for(&s.operator.dir().join("pki"), host);
+    s.write(
+        "secret.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: secure-tls\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indented(&chain),
+            indented(&key)
+        ),
+    );
+    s.write(
+        "secure.yaml",
+        &proxy(
+            "secure",
+            host,
+            &by_name(&app.name),
+            "  tls:\n    secretName: secure-tls\n    hsts: {maxAge: 365d}\n",
+        ),
+    );
+    let ready = s.ready("secure", "True").await;
+    assert_eq!(ready["status"]["tlsGrade"]["grade"], "A+", "{ready}");
+    assert!(
+        ready["status"]["certificate"]["notAfter"].is_string(),
+        "{ready}"
+    );
+
+    // HTTPS with the CA trusted answers from the app, with HSTS; plain HTTP redirects.
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .resolve(host, format!("127.0.0.1:{}", s.edge.https).parse().unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = eventually("HTTPS to answer", Duration::from_secs(20), || async {
+        client
+            .get(format!("https://{host}:{}/", s.edge.https))
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))
+    })
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["strict-transport-security"]
+            .to_str()
+            .unwrap(),
+        "max-age=31536000"
+    );
+    assert!(response.text().await.unwrap().contains(&app.name));
+    s.wait_for(host, 301, "").await;
+
+    // A key that does not belong to the certificate is refused by nginx; HTTPS keeps serving.
+    let (_, other_key, _) = certificate_for(&s.operator.dir().join("pki-other"), host);
+    s.write(
+        "secret.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: secure-tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indented(&chain),
+            indented(&other_key)
+        ),
+    );
+    let refused = s.ready("secure", "False").await;
+    assert_eq!(
+        refused["status"]["conditions"][0]["reason"], "NginxRejected",
+        "{refused}"
+    );
+    let again = client
+        .get(format!("https://{host}:{}/", s.edge.https))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    s.operator.stop().await.unwrap();
+}

@@ -14,6 +14,7 @@ fn rendered(yaml: &str) -> String {
         "default/shop",
         &settings,
         &Target::Containers(vec!["172.18.0.5:8080".parse().unwrap()]),
+        false,
     )
 }
 
@@ -80,7 +81,7 @@ fn a_url_upstream_is_passed_to_as_rebuilt() {
         "hosts: [api.example.com]\nupstream:\n  url: http://10.0.0.5:9000/v1/\n",
     ))
     .unwrap();
-    let config = render("pabc", "default/api", &settings, &Target::Url);
+    let config = render("pabc", "default/api", &settings, &Target::Url, false);
     assert!(
         config.contains("proxy_pass http://10.0.0.5:9000/v1/;"),
         "{config}"
@@ -147,8 +148,14 @@ fn injection_attempts_never_reach_the_configuration() {
             )))
         };
         if let Ok(settings) = header(payload) {
-            let config = render("pabc", "default/x", &settings, &target);
-            let benign = render("pabc", "default/x", &header("SAFE").unwrap(), &target);
+            let config = render("pabc", "default/x", &settings, &target, false);
+            let benign = render(
+                "pabc",
+                "default/x",
+                &header("SAFE").unwrap(),
+                &target,
+                false,
+            );
             let as_quoted = grammar::header_value("v", payload).unwrap();
             assert_eq!(config.replace(&as_quoted, "\"SAFE\""), benign, "{payload}");
         }
@@ -159,4 +166,55 @@ fn injection_attempts_never_reach_the_configuration() {
 fn site_ids_come_from_the_uid_only() {
     assert_eq!(site_id("5f0c-A1b2"), "p5f0ca1b2");
     assert_eq!(site_id("../etc;"), "pec");
+}
+
+const TLS: &str = "tls:\n  secretName: shop-tls\n  hsts: {maxAge: 180d, includeSubDomains: true}\n";
+
+#[test]
+fn with_a_certificate_https_is_served_and_plain_http_redirects() {
+    let settings = Settings::from_spec(&spec(&format!("{BASIC}{TLS}"))).unwrap();
+    let target = Target::Containers(vec!["172.18.0.5:8080".parse().unwrap()]);
+    let config = render("pabc", "default/shop", &settings, &target, true);
+    assert!(
+        config.contains("return 301 https://$host$request_uri;"),
+        "{config}"
+    );
+    assert!(config.contains("listen 443 ssl http2;"), "{config}");
+    assert!(config.contains("ssl_certificate /etc/nginx/infrapilot/tls/pabc.crt;"));
+    assert!(
+        config.contains("ssl_protocols TLSv1.2 TLSv1.3;"),
+        "{config}"
+    );
+    assert!(config.contains(
+        "add_header Strict-Transport-Security \"max-age=15552000; includeSubDomains\" always;"
+    ));
+    // The upstream is passed to from the HTTPS server only.
+    assert_eq!(config.matches("proxy_pass").count(), 1, "{config}");
+
+    // Until the certificate is in place, plain HTTP serves the site.
+    let pending = render("pabc", "default/shop", &settings, &target, false);
+    assert!(!pending.contains("443"), "{pending}");
+    assert!(pending.contains("proxy_pass"), "{pending}");
+}
+
+#[test]
+fn modern_allows_tls_1_3_only_and_acme_answers_challenges() {
+    let yaml = format!(
+        "{BASIC}tls:\n  acme: {{email: ops@example.com}}\n  policy: Modern\n  redirectHttp: false\n"
+    );
+    let settings = Settings::from_spec(&spec(&yaml)).unwrap();
+    let target = Target::Containers(vec!["172.18.0.5:8080".parse().unwrap()]);
+    let config = render("pabc", "default/shop", &settings, &target, true);
+    assert!(config.contains("ssl_protocols TLSv1.3;"), "{config}");
+    assert!(!config.contains("ssl_ciphers"), "{config}");
+    assert!(
+        config.contains("location ^~ /.well-known/acme-challenge/"),
+        "{config}"
+    );
+    assert!(!config.contains("return 301"), "{config}");
+    let wildcard = Settings::from_spec(&spec(
+        &yaml.replace("shop.example.com,", "\"*.example.com\","),
+    ))
+    .unwrap_err();
+    assert_eq!(wildcard[0].field, "spec.hosts[0]");
 }

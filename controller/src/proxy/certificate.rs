@@ -1,0 +1,256 @@
+//! What a certificate says about itself, and the TLS grade of a Proxy. Pure: the grade is
+//! computed from the certificate, the policy and HSTS, not by probing the edge.
+
+use jiff::Timestamp;
+use x509_parser::pem::Pem;
+use x509_parser::prelude::GeneralName;
+use x509_parser::public_key::PublicKey;
+
+use crate::api::proxy::TlsPolicy;
+
+/// A certificate chain's facts that serving and grading need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Certificate {
+    pub not_before: Timestamp,
+    pub not_after: Timestamp,
+    /// DNS names it is valid for.
+    pub names: Vec<String>,
+    /// `RSA 2048`, `EC 256`.
+    pub key: (String, usize),
+    /// Certificates in the chain, the leaf included.
+    pub chain_length: usize,
+    /// Whether each certificate is issued by the next one.
+    pub chain_ordered: bool,
+    pub self_signed: bool,
+}
+
+/// Reads a PEM chain (leaf first) and checks that `key_pem` holds a private key.
+pub fn parse(chain_pem: &[u8], key_pem: &[u8]) -> Result<Certificate, String> {
+    let pems: Vec<Pem> = Pem::iter_from_buffer(chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.crt is not PEM: {e}"))?;
+    let mut chain = Vec::new();
+    for pem in pems.iter().filter(|p| p.label == "CERTIFICATE") {
+        chain.push(
+            pem.parse_x509()
+                .map_err(|e| format!("tls.crt holds a certificate that cannot be read: {e}"))?,
+        );
+    }
+    let leaf = chain
+        .first()
+        .ok_or_else(|| "tls.crt holds no certificate".to_owned())?;
+    let key_ok = Pem::iter_from_buffer(key_pem)
+        .filter_map(Result::ok)
+        .any(|p| p.label.ends_with("PRIVATE KEY"));
+    if !key_ok {
+        return Err("tls.key holds no PEM private key".to_owned());
+    }
+    let validity = leaf.validity();
+    let time = |t: &x509_parser::time::ASN1Time| {
+        Timestamp::from_second(t.timestamp()).map_err(|e| format!("a date of tls.crt: {e}"))
+    };
+    let mut names: Vec<String> = leaf
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(name) => Some(name.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.is_empty() {
+        names.extend(
+            leaf.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    let key = match leaf.public_key().parsed() {
+        Ok(PublicKey::RSA(rsa)) => ("RSA".to_owned(), rsa.key_size()),
+        Ok(PublicKey::EC(ec)) => ("EC".to_owned(), ec.key_size()),
+        _ => ("other".to_owned(), 0),
+    };
+    let chain_ordered = chain
+        .windows(2)
+        .all(|pair| pair[0].issuer() == pair[1].subject());
+    Ok(Certificate {
+        not_before: time(&validity.not_before)?,
+        not_after: time(&validity.not_after)?,
+        names,
+        key,
+        chain_length: chain.len(),
+        chain_ordered,
+        self_signed: leaf.issuer() == leaf.subject(),
+    })
+}
+
+/// Whether a certificate name (possibly `*.example.com`) covers `host`.
+pub fn covers(name: &str, host: &str) -> bool {
+    match name.strip_prefix("*.") {
+        Some(parent) => host
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+        None => name == host,
+    }
+}
+
+/// HSTS long enough to count (SSL Labs asks for six months).
+const HSTS_MIN_SECONDS: u64 = 180 * 24 * 3600;
+
+/// The grade of a Proxy's TLS, A+ to F, with the reasons it is not higher.
+pub fn grade(
+    certificate: &Certificate,
+    hosts: &[&str],
+    policy: TlsPolicy,
+    hsts_seconds: Option<u64>,
+    now: Timestamp,
+) -> (String, Vec<String>) {
+    let mut failing = Vec::new();
+    let mut capped = Vec::new();
+    let mut minor = Vec::new();
+    if now > certificate.not_after {
+        failing.push(format!(
+            "the certificate expired at {}",
+            certificate.not_after
+        ));
+    } else if now < certificate.not_before {
+        failing.push(format!(
+            "the certificate is valid only from {}",
+            certificate.not_before
+        ));
+    }
+    for host in hosts {
+        if !certificate.names.iter().any(|n| covers(n, host)) {
+            failing.push(format!("the certificate does not cover {host}"));
+        }
+    }
+    if certificate.self_signed {
+        failing.push("the certificate is self-signed: no client trusts it".to_owned());
+    }
+    let (algorithm, bits) = (&certificate.key.0, certificate.key.1);
+    let weak = match algorithm.as_str() {
+        "RSA" => bits < 2048,
+        "EC" => bits < 256,
+        _ => true,
+    };
+    if weak {
+        failing.push(format!("the key ({algorithm} {bits}) is too weak"));
+    }
+    if !certificate.chain_ordered {
+        capped.push("the chain is out of order".to_owned());
+    }
+    let days_left = certificate
+        .not_after
+        .as_second()
+        .saturating_sub(now.as_second())
+        / 86_400;
+    if days_left < 14 && now <= certificate.not_after {
+        capped.push(format!("the certificate expires in {days_left} days"));
+    }
+    match hsts_seconds {
+        Some(seconds) if seconds >= HSTS_MIN_SECONDS => {}
+        Some(_) => minor.push("HSTS max-age is under six months".to_owned()),
+        None => minor.push("no HSTS".to_owned()),
+    }
+    if policy == TlsPolicy::Intermediate {
+        // Not a fault: Intermediate keeps TLS 1.2 for older clients, as Mozilla advises.
+    }
+    let grade = if !failing.is_empty() {
+        "F"
+    } else if !capped.is_empty() {
+        "B"
+    } else if minor.is_empty() {
+        "A+"
+    } else {
+        "A"
+    };
+    let mut reasons = failing;
+    reasons.extend(capped);
+    reasons.extend(minor);
+    (grade.to_owned(), reasons)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(day: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + day * 86_400).unwrap()
+    }
+
+    fn certificate() -> Certificate {
+        Certificate {
+            not_before: at(-10),
+            not_after: at(80),
+            names: vec![
+                "shop.example.com".to_owned(),
+                "*.shop.example.com".to_owned(),
+            ],
+            key: ("EC".to_owned(), 256),
+            chain_length: 2,
+            chain_ordered: true,
+            self_signed: false,
+        }
+    }
+
+    #[test]
+    fn wildcards_cover_one_label() {
+        assert!(covers("*.example.com", "www.example.com"));
+        assert!(!covers("*.example.com", "a.b.example.com"));
+        assert!(!covers("*.example.com", "example.com"));
+        assert!(covers("example.com", "example.com"));
+    }
+
+    #[test]
+    fn a_good_certificate_with_long_hsts_gets_a_plus() {
+        let year = Some(365 * 86_400);
+        let hosts = ["shop.example.com", "www.shop.example.com"];
+        assert_eq!(
+            grade(&certificate(), &hosts, TlsPolicy::Modern, year, at(0)),
+            ("A+".to_owned(), vec![])
+        );
+        let (grade_without, reasons) =
+            grade(&certificate(), &hosts, TlsPolicy::Intermediate, None, at(0));
+        assert_eq!(
+            (grade_without.as_str(), reasons),
+            ("A", vec!["no HSTS".to_owned()])
+        );
+    }
+
+    #[test]
+    fn faults_lower_the_grade_and_say_why() {
+        let year = Some(365 * 86_400);
+        let hosts = ["shop.example.com"];
+        let (g, reasons) = grade(&certificate(), &hosts, TlsPolicy::Modern, year, at(75));
+        assert_eq!(g, "B");
+        assert_eq!(reasons, ["the certificate expires in 5 days"]);
+        let (g, _) = grade(&certificate(), &hosts, TlsPolicy::Modern, year, at(81));
+        assert_eq!(g, "F");
+        let (g, reasons) = grade(
+            &certificate(),
+            &["blog.example.com"],
+            TlsPolicy::Modern,
+            year,
+            at(0),
+        );
+        assert_eq!(
+            (g.as_str(), reasons[0].as_str()),
+            ("F", "the certificate does not cover blog.example.com")
+        );
+        let weak = Certificate {
+            key: ("RSA".to_owned(), 1024),
+            self_signed: true,
+            ..certificate()
+        };
+        let (g, reasons) = grade(&weak, &hosts, TlsPolicy::Modern, year, at(0));
+        assert_eq!(g, "F");
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+    }
+}
