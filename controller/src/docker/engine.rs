@@ -12,13 +12,15 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    InspectContainerOptions, InspectNetworkOptions, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    EventsOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use futures::StreamExt;
 
 use super::{
-    Attachment, ContainerFacts, Docker, DockerError, ExecOutput, NetworkFacts, NewContainer,
+    Attachment, ContainerEvent, ContainerFacts, Docker, DockerError, ExecOutput, NetworkFacts,
+    NewContainer,
 };
 
 /// The local Docker engine (`DOCKER_HOST` or `/var/run/docker.sock`). Connecting is lazy: an
@@ -392,6 +394,51 @@ impl Docker for Engine {
             .exit_code
             .unwrap_or(-1);
         Ok(ExecOutput { exit_code, output })
+    }
+
+    fn events(&self) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>> {
+        let filters = HashMap::from([(
+            "type".to_owned(),
+            vec!["container".to_owned(), "network".to_owned()],
+        )]);
+        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        self.docker
+            .events(Some(options))
+            .filter_map(|event| async move {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => return Some(Err(error("following Docker events", e))),
+                };
+                let action = event.action.unwrap_or_default();
+                let actor = event.actor.unwrap_or_default();
+                let mut attributes = actor.attributes.unwrap_or_default();
+                let network = event
+                    .typ
+                    .is_some_and(|t| t.to_string().eq_ignore_ascii_case("network"));
+                let (container_id, container_name) = if network {
+                    (
+                        attributes.remove("container").unwrap_or_default(),
+                        String::new(),
+                    )
+                } else {
+                    let name = attributes.remove("name").unwrap_or_default();
+                    (actor.id.unwrap_or_default(), name)
+                };
+                // Network and exec events carry no labels; container events carry them all.
+                let wanted = matches!(
+                    action.as_str(),
+                    "start" | "die" | "stop" | "destroy" | "rename" | "connect" | "disconnect"
+                );
+                wanted.then(|| {
+                    Ok(ContainerEvent {
+                        action,
+                        container_id,
+                        container_name,
+                        labels: attributes.into_iter().collect(),
+                    })
+                })
+            })
+            .boxed()
     }
 
     async fn signal(&self, container: &str, signal: &str) -> Result<(), DockerError> {

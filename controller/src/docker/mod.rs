@@ -81,6 +81,17 @@ impl DockerError {
     }
 }
 
+/// Something that happened to a container, as far as following upstreams goes: it started,
+/// stopped or died, was renamed or removed, or joined or left a network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub action: String,
+    pub container_id: String,
+    /// Known for container events; empty for network ones.
+    pub container_name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// The Docker operations InfraPilot performs.
 #[async_trait]
 pub trait Docker: Send + Sync {
@@ -116,4 +127,6 @@ pub trait Docker: Send + Sync {
     async fn exec(&self, container: &str, argv: &[&str]) -> Result<ExecOutput, DockerError>;
     /// Sends a signal (`HUP`) to a container's main process.
     async fn signal(&self, container: &str, signal: &str) -> Result<(), DockerError>;
+    /// Container and network events from now on; the stream ends when the connection does.
+    fn events(&self) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>>;
 }

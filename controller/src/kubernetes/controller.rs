@@ -404,7 +404,15 @@ pub async fn run<R>(
 {
     let api: Api<DeserializeGuard<R::Object>> =
         R::Object::scoped_api(shared.client.clone(), namespace);
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let mut controller = Controller::new(api, watcher::Config::default().any_semantic());
+    if let Some(mut triggers) = shared.reconciler.triggers() {
+        let objects =
+            futures::stream::poll_fn(move |cx| triggers.poll_recv(cx)).map(|(namespace, name)| {
+                kube::runtime::reflector::ObjectRef::<DeserializeGuard<R::Object>>::new(&name)
+                    .within(&namespace)
+            });
+        controller = controller.reconcile_on(objects);
+    }
     let store = controller.store();
     // Deleted objects without a finalizer are never reconciled again: forget their written
     // status once they have left the cache.

@@ -3,6 +3,7 @@
 //! the traits in [`crate::docker`].
 
 pub mod certificate;
+pub mod follow;
 pub mod grammar;
 pub mod site;
 pub mod upstream;

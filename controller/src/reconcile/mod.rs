@@ -149,4 +149,11 @@ pub trait Reconciler: Send + Sync + 'static {
 
     /// Undoes what the object owns before it goes. Only called for kinds with a finalizer.
     async fn cleanup(&self, object: &Self::Object, ctx: &Context) -> Result<(), Failure>;
+
+    /// Objects to reconcile again because something outside the API changed (a Docker
+    /// event), as (namespace, name). Taken once by the runtime; `None` for kinds that only
+    /// follow their objects.
+    fn triggers(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>> {
+        None
+    }
 }

@@ -16,6 +16,7 @@ use crate::api::proxy::{
 use crate::docker::{ContainerFacts, Docker, DockerError, NetworkFacts};
 use crate::edge::{EdgeApi, Served, Wanted};
 use crate::proxy::certificate;
+use crate::proxy::follow::{self, Watches};
 use crate::proxy::grammar;
 use crate::proxy::site::{self, Settings, Target};
 use crate::proxy::upstream::{self, Refusal};
@@ -33,6 +34,8 @@ const RECHECK: Duration = Duration::from_secs(30);
 pub struct Proxies {
     docker: Arc<dyn Docker>,
     edge: Arc<dyn EdgeApi>,
+    /// Which containers each Proxy looks at, for following Docker events.
+    watches: Arc<Mutex<Watches>>,
     /// Network facts by id: a network's driver and scope never change, so each is asked once.
     networks: Mutex<HashMap<String, NetworkFacts>>,
 }
@@ -48,7 +51,17 @@ impl Proxies {
         Self {
             docker,
             edge,
+            watches: Arc::default(),
             networks: Mutex::default(),
+        }
+    }
+
+    fn watch(&self, proxy: &Proxy, containers: Vec<String>) {
+        let key = proxy_key(proxy);
+        if let Ok(mut watches) = self.watches.lock() {
+            let mut names = containers;
+            names.extend(proxy.spec.upstream.name.clone());
+            watches.set(&key, names, proxy.spec.upstream.selector.clone());
         }
     }
 
@@ -78,11 +91,12 @@ impl Proxies {
         Ok(facts)
     }
 
-    /// The containers the spec names, each reachable, or why not.
+    /// The containers the spec names, each reachable, or why not; and the ids of the
+    /// containers looked at, to follow.
     async fn resolve(
         &self,
         spec: &ProxySpec,
-    ) -> Result<Result<Vec<upstream::Reachable>, Refusal>, DockerError> {
+    ) -> Result<(Result<Vec<upstream::Reachable>, Refusal>, Vec<String>), DockerError> {
         let port = spec.upstream.port.unwrap_or(80);
         let (candidates, described) = match (&spec.upstream.name, &spec.upstream.selector) {
             (Some(name), _) => (
@@ -107,19 +121,31 @@ impl Proxies {
             }
             (None, None) => (Vec::new(), "nothing".to_owned()),
         };
+        let ids: Vec<String> = candidates.iter().map(|c| c.id.clone()).collect();
         if candidates.is_empty() {
-            return Ok(Err(Refusal::NotFound(described)));
+            return Ok((Err(Refusal::NotFound(described)), ids));
         }
         let mut reachable = Vec::new();
         for container in &candidates {
             let facts = self.network_facts(container).await?;
             match upstream::choose(container, &facts, spec.upstream.network.as_deref(), port) {
                 Ok(found) => reachable.push(found),
-                Err(refusal) => return Ok(Err(refusal)),
+                Err(refusal) => return Ok((Err(refusal), ids)),
             }
         }
-        Ok(Ok(reachable))
+        Ok((Ok(reachable), ids))
     }
+}
+
+fn proxy_key(proxy: &Proxy) -> (String, String) {
+    (
+        proxy
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+        proxy.metadata.name.clone().unwrap_or_default(),
+    )
 }
 
 /// Ready=False with `reason`, and how to come back.
@@ -263,7 +289,11 @@ impl Reconciler for Proxies {
             };
             (Target::Url, upstream, Vec::new(), Requeue::OnChange)
         } else {
-            match self.resolve(&proxy.spec).await {
+            let resolved = self.resolve(&proxy.spec).await;
+            if let Ok((_, ids)) = &resolved {
+                self.watch(proxy, ids.clone());
+            }
+            match resolved.map(|(result, _)| result) {
                 Err(error) => {
                     return fail(
                         status,
@@ -273,13 +303,14 @@ impl Reconciler for Proxies {
                         Requeue::After(RECHECK),
                     );
                 }
+                // Docker events bring the Proxy back when its container appears or changes.
                 Ok(Err(refusal)) => {
                     return fail(
                         status,
                         refusal.reason(),
                         refusal.to_string(),
                         "upstream",
-                        Requeue::After(RECHECK),
+                        Requeue::OnChange,
                     );
                 }
                 Ok(Ok(reachable)) => {
@@ -305,7 +336,7 @@ impl Reconciler for Proxies {
                         Target::Containers(addresses),
                         upstream,
                         networks.into_iter().collect(),
-                        Requeue::After(RECHECK),
+                        Requeue::OnChange,
                     )
                 }
             }
@@ -400,7 +431,20 @@ impl Reconciler for Proxies {
         }
     }
 
+    fn triggers(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(follow::follow(
+            self.docker.clone(),
+            self.watches.clone(),
+            sender,
+        ));
+        Some(receiver)
+    }
+
     async fn cleanup(&self, proxy: &Proxy, _ctx: &Context) -> Result<(), Failure> {
+        if let Ok(mut watches) = self.watches.lock() {
+            watches.forget(&proxy_key(proxy));
+        }
         let id = site::site_id(proxy.metadata.uid.as_deref().unwrap_or_default());
         self.edge
             .remove(&id, object_ref(proxy))

@@ -117,6 +117,8 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         secrets_seen: None,
     };
 
+    // Proxies come back when their containers change (Docker events).
+    let mut triggers = runtime.workers.proxies.triggers();
     let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let _watcher = watch(&options.manifests, changed_tx)?;
 
@@ -134,6 +136,15 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             () = &mut shutdown => break,
+            Some((namespace, name)) = async {
+                match triggers.as_mut() {
+                    Some(triggers) => triggers.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let key = Key { kind: Kind::Proxy.name().to_owned(), namespace, name };
+                runtime.queue.at(key, Instant::now());
+            }
             Some(()) = changed_rx.recv() => {
                 // Editors write in several steps: let a burst settle, then scan once.
                 tokio::time::sleep(Duration::from_millis(100)).await;

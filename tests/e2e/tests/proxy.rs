@@ -510,3 +510,77 @@ async fn a_certificate_from_a_secret_is_served_over_https_with_a_grade() {
     assert_eq!(again.status(), 200);
     s.operator.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_container_moving_network_is_followed() {
+    let s = setup("proxy-follow").await;
+    let first = s.docker.network("first").await.unwrap();
+    let second = s.docker.network("second").await.unwrap();
+    let app = s
+        .docker
+        .run(ContainerSpec::new(images::APP).network(&first))
+        .await
+        .unwrap();
+    s.write(
+        "moving.yaml",
+        &proxy("moving", "moving.example.test", &by_name(&app.name), ""),
+    );
+    s.ready("moving", "True").await;
+    s.wait_for("moving.example.test", 200, &app.name).await;
+
+    // The container leaves its network for another: Docker's events bring the Proxy back,
+    // the edge follows it there and leaves the old network.
+    let docker = s.docker.client();
+    docker
+        .connect_network(
+            &second,
+            bollard::models::NetworkConnectRequest {
+                container: app.id.clone(),
+                endpoint_config: None,
+            },
+        )
+        .await
+        .unwrap();
+    docker
+        .disconnect_network(
+            &first,
+            bollard::models::NetworkDisconnectRequest {
+                container: app.id.clone(),
+                force: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the Proxy to follow its container",
+        Duration::from_secs(20),
+        || async {
+            let object = s
+                .operator
+                .get("proxy", "moving")
+                .await
+                .map_err(|e| e.to_string())?;
+            if object["status"]["networks"] == serde_json::json!([second]) {
+                Ok(())
+            } else {
+                Err(format!("{}", object["status"]))
+            }
+        },
+    )
+    .await;
+    s.wait_for("moving.example.test", 200, &app.name).await;
+    eventually(
+        "the edge to leave the old network",
+        Duration::from_secs(20),
+        || async {
+            let networks = s.edge_networks().await;
+            if networks.contains(&second) && !networks.contains(&first) {
+                Ok(())
+            } else {
+                Err(format!("{networks:?}"))
+            }
+        },
+    )
+    .await;
+    s.operator.stop().await.unwrap();
+}
