@@ -29,6 +29,8 @@ const MANAGED_BY_VALUE: &str = "infrapilot";
 const COMPONENT: &str = "infrapilot.io/component";
 /// The controller name in the edge's audit records.
 const CONTROLLER: &str = "proxy";
+/// The least time between two reloads while changes keep coming.
+const RELOAD_SPACING: Duration = Duration::from_millis(750);
 
 /// How the edge is run.
 #[derive(Clone, Debug)]
@@ -241,19 +243,28 @@ impl Batch {
 
 impl Owner {
     async fn run(mut self, mut requests: mpsc::UnboundedReceiver<Request>) {
+        let mut last_reload: Option<tokio::time::Instant> = None;
         let mut check = tokio::time::interval(self.options.check_interval);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 request = requests.recv() => {
                     let Some(request) = request else { break };
-                    // Everything already waiting joins this batch.
+                    // A change after a quiet spell is applied at once. Right after a reload,
+                    // the next one waits out RELOAD_SPACING, and everything that arrives
+                    // meanwhile joins it: a burst of changes costs a few reloads, not one each.
+                    if let Some(last) = last_reload {
+                        tokio::time::sleep_until(last + RELOAD_SPACING).await;
+                    }
                     let mut batch = Batch::default();
                     batch.add(request);
                     while let Ok(more) = requests.try_recv() {
                         batch.add(more);
                     }
-                    self.process(batch).await;
+                    let started = tokio::time::Instant::now();
+                    if self.process(batch).await {
+                        last_reload = Some(started);
+                    }
                 }
                 _ = check.tick() => {
                     if self.container.is_some()
@@ -266,7 +277,8 @@ impl Owner {
         }
     }
 
-    async fn process(&mut self, batch: Batch) {
+    /// Applies a batch and answers its requests; returns whether nginx was reloaded.
+    async fn process(&mut self, batch: Batch) -> bool {
         let Batch {
             wanted,
             applies,
@@ -277,7 +289,8 @@ impl Owner {
             Ok(()) => self.apply(wanted).await,
             Err(error) => Err(error),
         };
-        match result {
+        let reloaded = matches!(&result, Ok((_, true)));
+        match result.map(|(outcomes, _)| outcomes) {
             Ok(outcomes) => {
                 for (id, reply) in applies {
                     let served = outcomes.get(&id).cloned().unwrap_or(Served::Serving);
@@ -296,6 +309,7 @@ impl Owner {
                 }
             }
         }
+        reloaded
     }
 
     /// Makes sure the edge container exists and runs: finds it (learning what it serves when
@@ -413,7 +427,7 @@ impl Owner {
     async fn apply(
         &mut self,
         wanted: BTreeMap<String, (Option<Wanted>, ObjectRef)>,
-    ) -> Result<BTreeMap<String, Served>, EdgeError> {
+    ) -> Result<(BTreeMap<String, Served>, bool), EdgeError> {
         let container = self.container.clone().ok_or(EdgeError::Stopped)?;
         let mut outcomes = BTreeMap::new();
         let mut writes: BTreeMap<String, Wanted> = BTreeMap::new();
@@ -470,7 +484,7 @@ impl Owner {
         }
         if writes.is_empty() && removals.is_empty() {
             self.detach_unused(&container).await;
-            return Ok(outcomes);
+            return Ok((outcomes, false));
         }
 
         let files: Vec<(String, Vec<u8>)> = writes
@@ -538,10 +552,19 @@ impl Owner {
             .collect();
         let reload = !applied.is_empty() || !removals.is_empty();
         let reloaded = if reload {
-            self.docker
+            let result = self
+                .docker
                 .signal(&container, "HUP")
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string());
+            info!(
+                edge = %self.options.name,
+                applied = applied.len(),
+                removed = removals.len(),
+                rejected = rejected.len(),
+                "reloaded nginx"
+            );
+            result
         } else {
             Ok(())
         };
@@ -585,7 +608,7 @@ impl Owner {
             return Err(EdgeError::Docker(DockerError::Refused(error)));
         }
         self.detach_unused(&container).await;
-        Ok(outcomes)
+        Ok((outcomes, reload))
     }
 
     /// Puts a Proxy's file back as it is live, or removes it when it was new.

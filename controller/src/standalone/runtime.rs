@@ -146,8 +146,10 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
                 runtime.queue.at(key, Instant::now());
             }
             Some(()) = changed_rx.recv() => {
-                // Editors write in several steps: let a burst settle, then scan once.
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Editors write in several steps: let a burst settle, then scan once. Short, since
+                // it adds to every change's latency; a file caught half-written is read again
+                // on its next event.
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 while changed_rx.try_recv().is_ok() {}
                 if let Err(error) = runtime.scan().await {
                     error!("scanning the manifests failed: {error:#}");

@@ -1,0 +1,321 @@
+//! Proxies at scale, on the real binary (release build), real Docker and the nginx test image.
+//! Figures are ratios or counts measured in one run, since machines are noisy:
+//!
+//! (a) a Proxy change (a new host) until it answers 200, with 100 Proxies present, against the
+//!     floor measured in the same run on the same edge: write one file + `nginx -t` + SIGHUP +
+//!     first 200 (target: at most 1.25x the floor);
+//! (b) 100 Proxy changes within one second cause at most 3 reloads;
+//! (c) 1,000 Proxies from a cold start are all Ready in under 30 s;
+//! (d) a resync of an unchanged Proxy costs at most 2 Docker API calls (counted by a proxy in
+//!     front of the Docker socket).
+//!
+//!     cargo build --release -p infrapilot && cargo bench -p infrapilot-e2e --bench proxy
+//!
+//! Needs what `tests/run.sh` provisions (the Docker images); run it after the suite once.
+
+// A benchmark reports on stdout, and a failed step should stop it with its message.
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use infrapilot_e2e::docker::{ContainerSpec, TestDocker, images};
+use infrapilot_e2e::edge::TestEdge;
+use infrapilot_e2e::operator::{Operator, cli};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn proxy(name: &str, host: &str, app: &str) -> String {
+    format!(
+        "apiVersion: infrapilot.io/v1alpha1\nkind: Proxy\nmetadata:\n  name: {name}\nspec:\n  \
+         hosts: [{host}]\n  upstream: {{name: {app}, port: 8080}}\n"
+    )
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).expect("writing a manifest");
+    std::fs::rename(tmp, dir.join(file)).expect("renaming a manifest");
+}
+
+/// Writes `count` Proxies, 100 to a file.
+fn many(dir: &Path, prefix: &str, count: usize, app: &str) {
+    let docs: Vec<String> = (0..count)
+        .map(|i| {
+            proxy(
+                &format!("{prefix}-{i}"),
+                &format!("{prefix}-{i}.example.test"),
+                app,
+            )
+        })
+        .collect();
+    for (n, chunk) in docs.chunks(100).enumerate() {
+        write(dir, &format!("{prefix}-{n:03}.yaml"), &chunk.join("---\n"));
+    }
+}
+
+/// How many Proxies exist, and how many are Ready.
+async fn counts(dir: &Path) -> (usize, usize) {
+    let output = cli(dir, &["get", "proxies", "-o", "json"])
+        .await
+        .expect("infrapilot get");
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    (items.len(), ready_in(&items))
+}
+
+fn ready_in(items: &[serde_json::Value]) -> usize {
+    items
+        .iter()
+        .filter(|i| {
+            i["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .count()
+}
+
+async fn ready_count(dir: &Path) -> usize {
+    counts(dir).await.1
+}
+
+async fn wait_ready(dir: &Path, count: usize, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while ready_count(dir).await < count {
+        assert!(
+            started.elapsed() < limit,
+            "not all {count} Proxies Ready within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+async fn wait_200(edge: &TestEdge, host: &str, started: Instant) -> Duration {
+    loop {
+        if let Ok((200, _)) = edge.get(host).await {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{host} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A Unix socket in front of Docker's that counts the HTTP requests going through it.
+async fn counting_docker_socket(path: &Path) -> Arc<AtomicUsize> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path).expect("the counting socket");
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut docker) = tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.split();
+                let (mut docker_read, mut docker_write) = docker.split();
+                let upstream = async {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match client_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        // A request starts with its method; bodies (tar uploads) are binary and
+                        // do not hold these at the start of a read in practice.
+                        let chunk = &buffer[..n];
+                        for method in [&b"GET /"[..], b"POST /", b"PUT /", b"DELETE /", b"HEAD /"] {
+                            if chunk.starts_with(method) {
+                                counter.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        if docker_write.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = docker_write.shutdown().await;
+                };
+                // Each side's end is passed on: an exec's output ends when Docker closes.
+                let downstream = async {
+                    let _ = tokio::io::copy(&mut docker_read, &mut client_write).await;
+                    let _ = client_write.shutdown().await;
+                };
+                let _ = tokio::join!(upstream, downstream);
+            });
+        }
+    });
+    count
+}
+
+#[tokio::main]
+async fn main() {
+    let root = std::env::temp_dir().join(format!("infrapilot-proxy-bench-{}", std::process::id()));
+    let docker = TestDocker::new("proxy-bench").await;
+    let app = docker
+        .run(ContainerSpec::new(images::APP))
+        .await
+        .expect("the app container");
+    let edge = TestEdge::new(&docker);
+    let dir = root.join("operator");
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let socket = root.join("docker.sock");
+    let calls = counting_docker_socket(&socket).await;
+    let docker_host = format!("unix://{}", socket.display());
+
+    // (c) 1,000 Proxies from a cold start.
+    many(&manifests, "cold", 1000, &app.name);
+    let mut args = vec![
+        "run".to_owned(),
+        "--manifests".to_owned(),
+        "manifests".to_owned(),
+        "--resync".to_owned(),
+        "3s".to_owned(),
+    ];
+    args.extend(edge.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let operator = Operator::start_with_env(&dir, &args, &[("DOCKER_HOST", &docker_host)])
+        .expect("the operator");
+    let cold = wait_ready(&dir, 1000, Duration::from_secs(120)).await;
+    let reloads_cold = operator.log().matches("reloaded nginx").count();
+    println!(
+        "(c) 1,000 Proxies Ready from a cold start in {:.2} s (target < 30 s: {:.2}x of the target), {reloads_cold} reloads",
+        cold.as_secs_f64(),
+        cold.as_secs_f64() / 30.0
+    );
+    let _ = started;
+
+    // (d) steady state: a resync of unchanged Proxies, Docker calls counted over 3 resyncs.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = calls.load(Ordering::SeqCst);
+    let resyncs_before = operator.log().matches("reloaded nginx").count();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let during = calls.load(Ordering::SeqCst) - before;
+    let resyncs = 3.0;
+    let per_proxy = during as f64 / (1000.0 * resyncs);
+    println!(
+        "(d) {during} Docker API calls over ~3 resyncs of 1,000 unchanged Proxies: {per_proxy:.2} per Proxy per resync (target <= 2), {} reloads",
+        operator.log().matches("reloaded nginx").count() - resyncs_before
+    );
+    operator.stop().await.expect("the operator stops");
+
+    // Down to 100 Proxies for (a) and (b).
+    for entry in std::fs::read_dir(&manifests).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    many(&manifests, "base", 100, &app.name);
+    let operator = Operator::start_with_env(&dir, &args, &[("DOCKER_HOST", &docker_host)])
+        .expect("the operator");
+    // The 1,000 are deleted (their sites removed) and the 100 Ready before measuring.
+    let started = Instant::now();
+    while counts(&dir).await != (100, 100) {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the 1,000 were not cleaned up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // (a) the floor, on the same edge: one file, nginx -t, SIGHUP, first 200.
+    let mut floors = Vec::new();
+    let mut changes = Vec::new();
+    for round in 0..5 {
+        let host = format!("floor-{round}.example.test");
+        let conf = format!(
+            "server {{ listen 80; server_name {host}; location / {{ proxy_pass http://{}:8080; }} }}\n",
+            docker.ip(&app.name, None).await.unwrap()
+        );
+        let started = Instant::now();
+        let tar = {
+            let mut builder = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_gnu();
+            header.set_size(conf.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder
+                .append_data(
+                    &mut header,
+                    format!("etc/nginx/conf.d/floor-{round}.conf"),
+                    conf.as_bytes(),
+                )
+                .unwrap();
+            builder.into_inner().unwrap()
+        };
+        let options = bollard::query_parameters::UploadToContainerOptionsBuilder::default()
+            .path("/")
+            .build();
+        docker
+            .client()
+            .upload_to_container(&edge.name, Some(options), bollard::body_full(tar.into()))
+            .await
+            .unwrap();
+        let test = docker.exec(&edge.name, &["nginx", "-t"]).await.unwrap();
+        assert_eq!(test.exit_code, 0, "{}", test.stderr);
+        let kill = bollard::query_parameters::KillContainerOptionsBuilder::default()
+            .signal("HUP")
+            .build();
+        docker
+            .client()
+            .kill_container(&edge.name, Some(kill))
+            .await
+            .unwrap();
+        floors.push(wait_200(&edge, &host, started).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let host = format!("change-{round}.example.test");
+        let started = Instant::now();
+        write(
+            &manifests,
+            &format!("change-{round}.yaml"),
+            &proxy(&format!("change-{round}"), &host, &app.name),
+        );
+        changes.push(wait_200(&edge, &host, started).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (floor, change) = (median(floors), median(changes));
+    println!(
+        "(a) a Proxy change answering 200 with 100 Proxies: {:.0} ms, floor {:.0} ms: {:.2}x the floor (target <= 1.25x)",
+        change.as_secs_f64() * 1000.0,
+        floor.as_secs_f64() * 1000.0,
+        change.as_secs_f64() / floor.as_secs_f64()
+    );
+
+    // (b) 100 changes within one second.
+    let before = operator.log().matches("reloaded nginx").count();
+    let started = Instant::now();
+    for i in 0..100 {
+        write(
+            &manifests,
+            &format!("burst-{i}.yaml"),
+            &proxy(
+                &format!("burst-{i}"),
+                &format!("burst-{i}.example.test"),
+                &app.name,
+            ),
+        );
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    let written = started.elapsed();
+    wait_ready(&dir, 205, Duration::from_secs(60)).await;
+    let reloads = operator.log().matches("reloaded nginx").count() - before;
+    println!(
+        "(b) 100 Proxy changes written over {:.2} s caused {reloads} reloads (target <= 3)",
+        written.as_secs_f64()
+    );
+    operator.stop().await.expect("the operator stops");
+    let _ = std::fs::remove_dir_all(&root);
+}
