@@ -169,6 +169,27 @@ fn file_path(id: &str) -> String {
 }
 
 const EDGE_FILE: &str = "infrapilot-00-edge.conf";
+/// Written after every reload: the digest of the Proxy files nginx then loaded. An operator
+/// killed between writing files and reloading leaves files on disk that nginx never loaded;
+/// a digest that does not match tells the next operator to validate and reload once.
+const APPLIED_MARKER: &str = "/etc/nginx/infrapilot/applied";
+
+/// The digest of what is live: every Proxy's configuration and files.
+fn digest(live: &BTreeMap<String, Live>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (id, site) in live {
+        hasher.update(id.as_bytes());
+        hasher.update(site.config.as_bytes());
+        let mut files = site.files.clone();
+        files.sort();
+        for (path, content) in files {
+            hasher.update(path.as_bytes());
+            hasher.update(&content);
+        }
+    }
+    hex::encode(hasher.finalize())
+}
 
 /// The id of the Proxy file nginx names in its error, if it is one of ours.
 pub fn rejected_id(nginx_output: &str) -> Option<String> {
@@ -357,10 +378,27 @@ impl Owner {
             self.live.entry(site.to_owned()).or_insert(Live {
                 config: String::from_utf8_lossy(&content).into_owned(),
                 networks: Vec::new(),
-                // Unknown until the Proxy is reconciled again; rewritten then if different.
                 files: Vec::new(),
                 object: None,
             });
+        }
+        for (name, content) in self.docker.read_files(id, site::TLS_DIR).await? {
+            let site = name.split('.').next().unwrap_or_default();
+            if let Some(live) = self.live.get_mut(site) {
+                live.files
+                    .push((format!("{}/{name}", site::TLS_DIR), content));
+            }
+        }
+        let marker = self
+            .docker
+            .read_files(id, APPLIED_MARKER.rsplit_once('/').map_or("/", |(d, _)| d))
+            .await?
+            .into_iter()
+            .find(|(name, _)| APPLIED_MARKER.ends_with(&format!("/{name}")))
+            .map(|(_, content)| String::from_utf8_lossy(&content).trim().to_owned());
+        if marker.as_deref() != Some(digest(&self.live).as_str()) {
+            warn!(edge = %self.options.name, "the edge holds files it never loaded (an operator stopped mid-change): validating and reloading once");
+            self.resync(id).await?;
         }
         self.attached = networks
             .iter()
@@ -369,6 +407,44 @@ impl Owner {
             .collect();
         self.seeded = true;
         info!(edge = %self.options.name, proxies = self.live.len(), "found the running edge");
+        Ok(())
+    }
+
+    /// Makes nginx load what is on disk: validates, takes out each Proxy file nginx rejects
+    /// (its Proxy writes it again when next reconciled), reloads, and records the digest.
+    async fn resync(&mut self, container: &str) -> Result<(), EdgeError> {
+        loop {
+            let test = self.docker.exec(container, &["nginx", "-t"]).await?;
+            if test.exit_code == 0 {
+                break;
+            }
+            let Some(id) = rejected_id(&test.output).filter(|id| self.live.contains_key(id)) else {
+                warn!(edge = %self.options.name, "the edge's configuration is invalid: {}", nginx_message(&test.output));
+                return Ok(());
+            };
+            let mut argv = vec!["rm".to_owned(), "-f".to_owned(), file_path(&id)];
+            if let Some(live) = self.live.remove(&id) {
+                argv.extend(live.files.into_iter().map(|(path, _)| path));
+            }
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            self.docker.exec(container, &argv).await?;
+        }
+        let result = self.docker.signal(container, "HUP").await;
+        let target = format!("edge {}", self.options.name);
+        self.audit(
+            None,
+            "nginx.reload",
+            &target,
+            &result.as_ref().map(|_| ()).map_err(ToString::to_string),
+        )
+        .await;
+        result?;
+        self.write_marker(container).await
+    }
+
+    async fn write_marker(&self, container: &str) -> Result<(), EdgeError> {
+        let marker = (APPLIED_MARKER.to_owned(), digest(&self.live).into_bytes());
+        self.docker.put_files(container, &[marker]).await?;
         Ok(())
     }
 
@@ -391,8 +467,11 @@ impl Owner {
             (format!("{}/.keep", site::ACCESS_LOG_DIR), Vec::new()),
         ];
         for (id, live) in &self.live {
+            files.extend(live.files.iter().cloned());
             files.push((file_path(id), live.config.clone().into_bytes()));
         }
+        // Files written before nginx starts are what it loads.
+        files.push((APPLIED_MARKER.to_owned(), digest(&self.live).into_bytes()));
         let container = NewContainer {
             name: self.options.name.clone(),
             image: self.options.image.clone(),
@@ -551,28 +630,19 @@ impl Owner {
             .cloned()
             .collect();
         let reload = !applied.is_empty() || !removals.is_empty();
-        let reloaded = if reload {
-            let result = self
-                .docker
-                .signal(&container, "HUP")
-                .await
-                .map_err(|e| e.to_string());
-            info!(
-                edge = %self.options.name,
-                applied = applied.len(),
-                removed = removals.len(),
-                rejected = rejected.len(),
-                "reloaded nginx"
-            );
-            result
-        } else {
-            Ok(())
-        };
+        // Record first, then reload: a record always precedes its effect, and an operator
+        // stopped in between leaves a stale marker, so the next one reloads (see `seed`).
+        let validated: Result<(), String> = Ok(());
         for id in &applied {
             if let Some(wish) = writes.remove(id) {
                 let target = format!("edge {}: conf.d/{}", self.options.name, file_name(id));
-                self.audit(Some(&wish.object), "nginx.config.apply", &target, &reloaded)
-                    .await;
+                self.audit(
+                    Some(&wish.object),
+                    "nginx.config.apply",
+                    &target,
+                    &validated,
+                )
+                .await;
                 self.live.insert(
                     id.clone(),
                     Live {
@@ -587,13 +657,13 @@ impl Owner {
         }
         for (id, object) in &removals {
             let target = format!("edge {}: conf.d/{}", self.options.name, file_name(id));
-            self.audit(Some(object), "nginx.config.remove", &target, &reloaded)
+            self.audit(Some(object), "nginx.config.remove", &target, &validated)
                 .await;
             self.live.remove(id);
         }
-        for (id, message) in rejected {
-            if let Some(wish) = writes.get(&id) {
-                let target = format!("edge {}: conf.d/{}", self.options.name, file_name(&id));
+        for (id, message) in rejected.iter() {
+            if let Some(wish) = writes.get(id) {
+                let target = format!("edge {}: conf.d/{}", self.options.name, file_name(id));
                 self.audit(
                     Some(&wish.object),
                     "nginx.config.apply",
@@ -602,10 +672,26 @@ impl Owner {
                 )
                 .await;
             }
-            outcomes.insert(id, Served::Rejected(message));
+            outcomes.insert(id.clone(), Served::Rejected(message.clone()));
         }
-        if let Err(error) = reloaded {
-            return Err(EdgeError::Docker(DockerError::Refused(error)));
+        if reload {
+            let result = self.docker.signal(&container, "HUP").await;
+            info!(
+                edge = %self.options.name,
+                applied = applied.len(),
+                removed = removals.len(),
+                rejected = rejected.len(),
+                "reloaded nginx"
+            );
+            if let Err(error) = result {
+                let target = format!("edge {}", self.options.name);
+                self.audit(None, "nginx.reload", &target, &Err(error.to_string()))
+                    .await;
+                return Err(error.into());
+            }
+        }
+        if reload {
+            self.write_marker(&container).await?;
         }
         self.detach_unused(&container).await;
         Ok((outcomes, reload))
@@ -677,9 +763,9 @@ impl Owner {
         result: &Result<(), String>,
     ) {
         let object = object.cloned().unwrap_or_else(|| ObjectRef {
-            kind: "Proxy".to_owned(),
+            kind: "Edge".to_owned(),
             namespace: None,
-            name: format!("edge/{}", self.options.name),
+            name: self.options.name.clone(),
             uid: String::new(),
             generation: 0,
         });

@@ -21,14 +21,7 @@ async fn setup(test: &str) -> Setup {
     let edge = TestEdge::new(&docker);
     let dir = env::test_dir(&names::unique(test));
     std::fs::create_dir_all(dir.join("manifests")).expect("the manifests directory");
-    let mut args = vec![
-        "run".to_owned(),
-        "--manifests".to_owned(),
-        "manifests".to_owned(),
-    ];
-    args.extend(edge.args());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let operator = Operator::start(&dir, &args).expect("the operator starts");
+    let operator = start(&dir, &edge);
     Setup {
         docker,
         operator,
@@ -74,6 +67,36 @@ impl Setup {
             .wait_for_condition("proxy", name, "Ready", status)
             .await
     }
+}
+
+/// Waits until the operator's log has `needle`.
+async fn wait_for_log(operator: &Operator, needle: &str) {
+    eventually(
+        &format!("{needle:?} in the log"),
+        Duration::from_secs(30),
+        || async {
+            let log = operator.log();
+            if log.contains(needle) {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .await;
+}
+
+/// Starts the operator in standalone mode in `dir` with `edge` (again, after it stopped or
+/// was killed).
+fn start(dir: &std::path::Path, edge: &TestEdge) -> Operator {
+    let mut args = vec![
+        "run".to_owned(),
+        "--manifests".to_owned(),
+        "manifests".to_owned(),
+    ];
+    args.extend(edge.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Operator::start(dir, &args).expect("the operator starts")
 }
 
 fn proxy(name: &str, host: &str, upstream: &str, extra: &str) -> String {
@@ -313,28 +336,9 @@ async fn a_restart_rewrites_and_reloads_nothing_that_is_served() {
     assert!(before >= 1, "the first apply is audited");
 
     let dir = s.operator.dir().to_owned();
-    let mut args = vec![
-        "run".to_owned(),
-        "--manifests".to_owned(),
-        "manifests".to_owned(),
-    ];
-    args.extend(s.edge.args());
     s.operator.stop().await.unwrap();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let again = Operator::start(&dir, &args).unwrap();
-    eventually(
-        "the restarted operator to find the edge",
-        Duration::from_secs(30),
-        || async {
-            let log = again.log();
-            if log.contains("found the running edge") {
-                Ok(())
-            } else {
-                Err(log)
-            }
-        },
-    )
-    .await;
+    let again = start(&dir, &s.edge);
+    wait_for_log(&again, "found the running edge").await;
     s.edge
         .wait_for("one.example.test", 200, &app.name, || again.log())
         .await;
@@ -583,4 +587,74 @@ async fn a_container_moving_network_is_followed() {
     )
     .await;
     s.operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_operator_killed_half_way_converges_without_repeating_side_effects() {
+    let mut s = setup("proxy-killed").await;
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    let docs: Vec<String> = (0..20)
+        .map(|i| {
+            proxy(
+                &format!("p{i}"),
+                &format!("p{i}.example.test"),
+                &by_name(&app.name),
+                "",
+            )
+        })
+        .collect();
+    s.write("many.yaml", &docs.join("---\n"));
+    // Killed (no chance to finish anything) once the first reload went out.
+    wait_for_log(&s.operator, "reloaded nginx").await;
+    s.operator
+        .process()
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let _ = s.operator.process().wait(Duration::from_secs(10)).await;
+
+    let dir = s.operator.dir().to_owned();
+    let again = start(&dir, &s.edge);
+    for i in 0..20 {
+        again
+            .wait_for_condition("proxy", &format!("p{i}"), "Ready", "True")
+            .await;
+        s.edge
+            .wait_for(&format!("p{i}.example.test"), 200, &app.name, || {
+                again.log()
+            })
+            .await;
+    }
+    // One edge.
+    assert_eq!(
+        again.log().matches("created the edge").count(),
+        1,
+        "{}",
+        again.log()
+    );
+    let export = infrapilot_e2e::operator::cli(&dir, &["audit", "export", "--format", "json"])
+        .await
+        .unwrap();
+    let records: Vec<serde_json::Value> =
+        serde_json::from_slice(&export.stdout).expect("the export is a JSON array");
+    // No configuration applied twice. One killed between writing files and recording them
+    // was loaded by the restarted operator's single resynchronising reload instead.
+    let resynced = records
+        .iter()
+        .any(|r| r["object"]["kind"] == "Edge" && r["action"] == "nginx.reload");
+    for i in 0..20 {
+        let applied = records
+            .iter()
+            .filter(|r| {
+                r["object"]["name"] == format!("p{i}")
+                    && r["action"] == "nginx.config.apply"
+                    && r["outcome"] == "Success"
+            })
+            .count();
+        assert!(applied <= 1, "p{i} applied {applied} times");
+        assert!(
+            applied == 1 || resynced,
+            "p{i} was never applied nor resynchronised"
+        );
+    }
+    again.stop().await.unwrap();
 }
