@@ -173,6 +173,7 @@ async fn kustomize_and_the_chart_render_valid_objects_with_the_same_rbac() {
         "watchNamespace": "apps",
         "leaderElection": {"enabled": false},
         "replicaCount": 1,
+        "docker": {"host": "tcp://docker.example:2376"},
     }))
     .await;
     validate(&tuned, "chart-tuned").await;
@@ -186,6 +187,14 @@ async fn kustomize_and_the_chart_render_valid_objects_with_the_same_rbac() {
         assert!(variables.iter().any(|v| v == expected), "{variables:?}");
     }
     assert_known_options(&variables, &dir).await;
+    let env = &find(&tuned, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .expect("an env list")
+            .iter()
+            .any(|e| e["name"] == "DOCKER_HOST" && e["value"] == "tcp://docker.example:2376"),
+        "{env}"
+    );
     assert!(
         !tuned.iter().any(|d| d["kind"] == "Role"),
         "no leader election, no Lease role"
