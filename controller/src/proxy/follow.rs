@@ -89,7 +89,9 @@ pub async fn follow(
     watches: Arc<Mutex<Watches>>,
     triggers: mpsc::UnboundedSender<ProxyKey>,
 ) {
-    let mut reconnected = false;
+    // Events before the first subscription were not seen either: the first round, too,
+    // looks at every followed Proxy once.
+    let mut reconnected = true;
     let mut backoff = Duration::from_millis(500);
     loop {
         let mut events = docker.events();

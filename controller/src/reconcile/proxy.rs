@@ -36,6 +36,9 @@ pub struct Proxies {
     edge: Arc<dyn EdgeApi>,
     /// Which containers each Proxy looks at, for following Docker events.
     watches: Arc<Mutex<Watches>>,
+    /// Where followed changes go, until the first Proxy starts the following: an operator
+    /// without Proxies never talks to Docker.
+    pending_follow: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, String)>>>,
     /// Network facts by id: a network's driver and scope never change, so each is asked once.
     networks: Mutex<HashMap<String, NetworkFacts>>,
 }
@@ -52,11 +55,19 @@ impl Proxies {
             docker,
             edge,
             watches: Arc::default(),
+            pending_follow: Mutex::default(),
             networks: Mutex::default(),
         }
     }
 
     fn watch(&self, proxy: &Proxy, containers: Vec<String>) {
+        if let Some(sender) = self.pending_follow.lock().ok().and_then(|mut p| p.take()) {
+            tokio::spawn(follow::follow(
+                self.docker.clone(),
+                self.watches.clone(),
+                sender,
+            ));
+        }
         let key = proxy_key(proxy);
         if let Ok(mut watches) = self.watches.lock() {
             let mut names = containers;
@@ -433,11 +444,9 @@ impl Reconciler for Proxies {
 
     fn triggers(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>> {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(follow::follow(
-            self.docker.clone(),
-            self.watches.clone(),
-            sender,
-        ));
+        if let Ok(mut pending) = self.pending_follow.lock() {
+            *pending = Some(sender);
+        }
         Some(receiver)
     }
 
