@@ -101,11 +101,20 @@ pub trait EdgeApi: Send + Sync {
     async fn apply(&self, wanted: Wanted) -> Result<Served, EdgeError>;
     /// Stops serving the Proxy `id`.
     async fn remove(&self, id: &str, object: ObjectRef) -> Result<(), EdgeError>;
+    /// Serves an ACME HTTP-01 answer at `/.well-known/acme-challenge/<token>` (no reload).
+    async fn publish_challenge(&self, token: &str, answer: &str) -> Result<(), EdgeError>;
+    /// The files (certificate and key) the edge serves for the Proxy `id`, if any.
+    async fn files(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>, EdgeError>;
 }
+
+/// Where the answer to a question about a Proxy's files goes.
+type FilesReply = oneshot::Sender<Result<Vec<(String, Vec<u8>)>, EdgeError>>;
 
 enum Request {
     Apply(Wanted, oneshot::Sender<Result<Served, EdgeError>>),
     Remove(String, ObjectRef, oneshot::Sender<Result<(), EdgeError>>),
+    Challenge(String, String, oneshot::Sender<Result<(), EdgeError>>),
+    Files(String, FilesReply),
 }
 
 /// The handle reconcilers hold; the edge task runs while one exists.
@@ -146,6 +155,26 @@ impl EdgeApi for Edge {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Remove(id.to_owned(), object, reply))
+            .map_err(|_| EdgeError::Stopped)?;
+        answer.await.map_err(|_| EdgeError::Stopped)?
+    }
+
+    async fn publish_challenge(&self, token: &str, answer: &str) -> Result<(), EdgeError> {
+        let (reply, done) = oneshot::channel();
+        self.requests
+            .send(Request::Challenge(
+                token.to_owned(),
+                answer.to_owned(),
+                reply,
+            ))
+            .map_err(|_| EdgeError::Stopped)?;
+        done.await.map_err(|_| EdgeError::Stopped)?
+    }
+
+    async fn files(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>, EdgeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Files(id.to_owned(), reply))
             .map_err(|_| EdgeError::Stopped)?;
         answer.await.map_err(|_| EdgeError::Stopped)?
     }
@@ -248,6 +277,13 @@ struct Batch {
 impl Batch {
     fn add(&mut self, request: Request) {
         match request {
+            // Answered before batching (see `Owner::run`).
+            Request::Challenge(_, _, reply) => {
+                let _ = reply.send(Err(EdgeError::Stopped));
+            }
+            Request::Files(_, reply) => {
+                let _ = reply.send(Err(EdgeError::Stopped));
+            }
             Request::Apply(wanted, reply) => {
                 self.applies.push((wanted.id.clone(), reply));
                 let object = wanted.object.clone();
@@ -271,6 +307,18 @@ impl Owner {
             tokio::select! {
                 request = requests.recv() => {
                     let Some(request) = request else { break };
+                    // Challenges and questions are answered at once: they change no configuration.
+                    let request = match request {
+                        Request::Challenge(token, answer, reply) => {
+                            let _ = reply.send(self.publish_challenge(&token, &answer).await);
+                            continue;
+                        }
+                        Request::Files(id, reply) => {
+                            let _ = reply.send(self.live_files(&id).await);
+                            continue;
+                        }
+                        other => other,
+                    };
                     // A change after a quiet spell is applied at once. Right after a reload,
                     // the next one waits out RELOAD_SPACING, and everything that arrives
                     // meanwhile joins it: a burst of changes costs a few reloads, not one each.
@@ -331,6 +379,33 @@ impl Owner {
             }
         }
         reloaded
+    }
+
+    async fn publish_challenge(&mut self, token: &str, answer: &str) -> Result<(), EdgeError> {
+        if !crate::proxy::acme::valid_token(token) {
+            return Err(EdgeError::Docker(DockerError::Refused(format!(
+                "invalid ACME token {token:?}"
+            ))));
+        }
+        self.ensure_running(None).await?;
+        let container = self.container.clone().ok_or(EdgeError::Stopped)?;
+        let file = (
+            format!("{}/{token}", site::ACME_DIR),
+            answer.as_bytes().to_vec(),
+        );
+        self.docker.put_files(&container, &[file]).await?;
+        Ok(())
+    }
+
+    async fn live_files(&mut self, id: &str) -> Result<Vec<(String, Vec<u8>)>, EdgeError> {
+        if self.container.is_none() {
+            self.ensure_running(None).await?;
+        }
+        Ok(self
+            .live
+            .get(id)
+            .map(|l| l.files.clone())
+            .unwrap_or_default())
     }
 
     /// Makes sure the edge container exists and runs: finds it (learning what it serves when

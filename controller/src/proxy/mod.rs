@@ -2,6 +2,7 @@
 //! must pass and the configuration built from them; the edge container and Docker sit behind
 //! the traits in [`crate::docker`].
 
+pub mod acme;
 pub mod certificate;
 pub mod follow;
 pub mod grammar;

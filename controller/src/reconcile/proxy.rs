@@ -15,11 +15,11 @@ use crate::api::proxy::{
 };
 use crate::docker::{ContainerFacts, Docker, DockerError, NetworkFacts};
 use crate::edge::{EdgeApi, Served, Wanted};
-use crate::proxy::certificate;
 use crate::proxy::follow::{self, Watches};
 use crate::proxy::grammar;
 use crate::proxy::site::{self, Settings, Target};
 use crate::proxy::upstream::{self, Refusal};
+use crate::proxy::{acme, certificate};
 use crate::status::{self, Observation};
 
 /// The controller name in audit records and field managers.
@@ -34,6 +34,7 @@ const RECHECK: Duration = Duration::from_secs(30);
 pub struct Proxies {
     docker: Arc<dyn Docker>,
     edge: Arc<dyn EdgeApi>,
+    issuer: Arc<dyn acme::Issuer>,
     /// Which containers each Proxy looks at, for following Docker events.
     watches: Arc<Mutex<Watches>>,
     /// Where followed changes go, until the first Proxy starts the following: an operator
@@ -54,6 +55,7 @@ impl Proxies {
         Self {
             docker,
             edge,
+            issuer: Arc::new(acme::AcmeIssuer),
             watches: Arc::default(),
             pending_follow: Mutex::default(),
             networks: Mutex::default(),
@@ -145,6 +147,47 @@ impl Proxies {
             }
         }
         Ok((Ok(reachable), ids))
+    }
+}
+
+/// When a certificate is renewed: two thirds into its lifetime.
+fn renewal_time(certificate: &certificate::Certificate) -> jiff::Timestamp {
+    let life = certificate.not_after.as_second() - certificate.not_before.as_second();
+    jiff::Timestamp::from_second(certificate.not_before.as_second() + life * 2 / 3)
+        .unwrap_or(certificate.not_after)
+}
+
+/// The wait after `failures` failed issuances: 30 s doubling to 6 hours (ACME servers limit
+/// failed validations per hour).
+fn issuance_backoff(failures: u32) -> jiff::SignedDuration {
+    let seconds = 30i64
+        .saturating_mul(1 << failures.saturating_sub(1).min(12))
+        .min(6 * 3600);
+    jiff::SignedDuration::from_secs(seconds)
+}
+
+/// The certificate and key among a Proxy's files.
+fn tls_pair(id: &str, files: &[(String, Vec<u8>)]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (crt, key) = site::tls_paths(id);
+    let find = |path: &str| {
+        files
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, c)| c.clone())
+    };
+    find(&crt).zip(find(&key))
+}
+
+/// The edge answers HTTP-01 challenges.
+struct EdgeResponder<'a>(&'a dyn EdgeApi);
+
+#[async_trait::async_trait]
+impl acme::ChallengeResponder for EdgeResponder<'_> {
+    async fn publish(&self, token: &str, key_authorization: &str) -> Result<(), String> {
+        self.0
+            .publish_challenge(token, key_authorization)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -242,52 +285,39 @@ impl Reconciler for Proxies {
         // The certificate, when the Proxy serves HTTPS.
         let mut files = Vec::new();
         let mut certificate = None;
-        if let Some(tls) = &proxy.spec.tls {
-            if tls.acme.is_some() {
-                return fail(
-                    status,
-                    "TLSUnavailable",
-                    "this version of InfraPilot cannot issue ACME certificates yet: put a \
-                     certificate in a Secret and name it in spec.tls.secretName"
-                        .to_owned(),
-                    "config",
-                    Requeue::OnChange,
-                );
-            }
-            if let Some(secret) = &tls.secret_name {
-                let read = async {
-                    let crt = ctx.secrets.get(namespace, secret, "tls.crt").await?;
-                    let key = ctx.secrets.get(namespace, secret, "tls.key").await?;
-                    Ok::<_, crate::secrets::SecretError>((crt, key))
-                };
-                let (crt, key) = match read.await {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        return fail(
-                            status,
-                            "SecretUnavailable",
-                            error.to_string(),
-                            error.category(),
-                            Requeue::After(RECHECK),
-                        );
-                    }
-                };
-                match certificate::parse(&crt, &key) {
-                    Ok(parsed) => certificate = Some(parsed),
-                    Err(error) => {
-                        return fail(
-                            status,
-                            "InvalidCertificate",
-                            format!("Secret {namespace}/{secret}: {error}"),
-                            "config",
-                            Requeue::After(RECHECK),
-                        );
-                    }
+        if let Some(secret) = proxy.spec.tls.as_ref().and_then(|t| t.secret_name.as_ref()) {
+            let read = async {
+                let crt = ctx.secrets.get(namespace, secret, "tls.crt").await?;
+                let key = ctx.secrets.get(namespace, secret, "tls.key").await?;
+                Ok::<_, crate::secrets::SecretError>((crt, key))
+            };
+            let (crt, key) = match read.await {
+                Ok(pair) => pair,
+                Err(error) => {
+                    return fail(
+                        status,
+                        "SecretUnavailable",
+                        error.to_string(),
+                        error.category(),
+                        Requeue::After(RECHECK),
+                    );
                 }
-                let id = site::site_id(proxy.metadata.uid.as_deref().unwrap_or_default());
-                let (crt_path, key_path) = site::tls_paths(&id);
-                files = vec![(crt_path, crt), (key_path, key)];
+            };
+            match certificate::parse(&crt, &key) {
+                Ok(parsed) => certificate = Some(parsed),
+                Err(error) => {
+                    return fail(
+                        status,
+                        "InvalidCertificate",
+                        format!("Secret {namespace}/{secret}: {error}"),
+                        "config",
+                        Requeue::After(RECHECK),
+                    );
+                }
             }
+            let id = site::site_id(proxy.metadata.uid.as_deref().unwrap_or_default());
+            let (crt_path, key_path) = site::tls_paths(&id);
+            files = vec![(crt_path, crt), (key_path, key)];
         }
 
         // Find the upstream.
@@ -353,8 +383,171 @@ impl Reconciler for Proxies {
             }
         };
 
-        // Build, then hand to the edge.
+        // An ACME certificate: use the one the edge serves until it is due for renewal; then
+        // (or when there is none) issue, with the edge answering the HTTP-01 challenges.
         let id = site::site_id(proxy.metadata.uid.as_deref().unwrap_or_default());
+        let mut status = status;
+        let mut acme_requeue = None;
+        if let Some(acme) = proxy.spec.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+            let served = match self.edge.files(&id).await {
+                Ok(files) => files,
+                Err(error) => {
+                    return fail(
+                        status,
+                        "EdgeUnavailable",
+                        error.to_string(),
+                        error.category(),
+                        Requeue::After(RECHECK),
+                    );
+                }
+            };
+            let hosts: Vec<String> = settings
+                .hosts
+                .iter()
+                .map(|h| h.as_str().to_owned())
+                .collect();
+            let current = tls_pair(&id, &served).and_then(|(crt, key)| {
+                certificate::parse(&crt, &key)
+                    .ok()
+                    .map(|parsed| (parsed, crt, key))
+            });
+            let mut record = status.certificate.clone().unwrap_or_default();
+            let due = current.as_ref().is_none_or(|(c, _, _)| {
+                now >= renewal_time(c)
+                    || !hosts
+                        .iter()
+                        .all(|h| c.names.iter().any(|n| certificate::covers(n, h)))
+            });
+            let retry_at = record
+                .last_failure_time
+                .as_ref()
+                .map(|t| t.0 + issuance_backoff(record.failed_issuance_attempts));
+            if due && retry_at.is_none_or(|at| now >= at) {
+                // The challenge location must be live before the server asks for it.
+                let pending = current.is_some();
+                let config = site::render(&id, &object, &settings, &target, pending);
+                let prepared = Wanted {
+                    id: id.clone(),
+                    object: object_ref(proxy),
+                    config,
+                    networks: networks.clone(),
+                    files: if pending { served.clone() } else { Vec::new() },
+                };
+                if let Err(error) = self.edge.apply(prepared).await {
+                    return fail(
+                        status,
+                        "EdgeUnavailable",
+                        error.to_string(),
+                        error.category(),
+                        Requeue::After(RECHECK),
+                    );
+                }
+                let request = acme::Request {
+                    directory: acme
+                        .server
+                        .clone()
+                        .unwrap_or_else(|| acme::LETS_ENCRYPT.to_owned()),
+                    ca_bundle: acme.ca_bundle.clone(),
+                    email: acme.email.clone(),
+                    hosts: hosts.clone(),
+                };
+                let responder = EdgeResponder(self.edge.as_ref());
+                let issued = self.issuer.issue(&request, &responder).await;
+                let record_audit = |outcome: Result<(), String>| {
+                    let record = crate::audit::NewRecord {
+                        controller: CONTROLLER.to_owned(),
+                        object: object_ref(proxy),
+                        action: "certificate.issue".to_owned(),
+                        target: format!("{} for {}", request.directory, hosts.join(", ")),
+                        outcome: if outcome.is_ok() {
+                            crate::audit::Outcome::Success
+                        } else {
+                            crate::audit::Outcome::Failure
+                        },
+                        detail: outcome.err().unwrap_or_default(),
+                    };
+                    async move {
+                        if let Err(error) = ctx.audit.record(record).await {
+                            tracing::error!(%error, "could not write the audit record of an issuance");
+                        }
+                    }
+                };
+                match issued {
+                    Ok(issued) => {
+                        record_audit(Ok(())).await;
+                        record.failed_issuance_attempts = 0;
+                        record.last_failure_time = None;
+                        let (crt_path, key_path) = site::tls_paths(&id);
+                        files = vec![
+                            (crt_path, issued.chain_pem.into_bytes()),
+                            (key_path, issued.key_pem.into_bytes()),
+                        ];
+                    }
+                    Err(error) => {
+                        record_audit(Err(error.clone())).await;
+                        record.failed_issuance_attempts =
+                            record.failed_issuance_attempts.saturating_add(1);
+                        record.last_failure_time = Some(Time(now));
+                        status.certificate = Some(record.clone());
+                        let retry = issuance_backoff(record.failed_issuance_attempts);
+                        match current {
+                            // The current certificate keeps serving until it expires.
+                            Some((_, crt, key)) => {
+                                files = vec![
+                                    (site::tls_paths(&id).0, crt),
+                                    (site::tls_paths(&id).1, key),
+                                ];
+                                acme_requeue = Some(Duration::try_from(retry).unwrap_or(RECHECK));
+                            }
+                            None => {
+                                return fail(
+                                    status,
+                                    "IssuanceFailed",
+                                    format!(
+                                        "the certificate could not be issued (attempt {}): {error}",
+                                        record.failed_issuance_attempts
+                                    ),
+                                    "acme",
+                                    Requeue::After(Duration::try_from(retry).unwrap_or(RECHECK)),
+                                );
+                            }
+                        }
+                    }
+                }
+            } else if let Some((_, crt, key)) = current {
+                files = vec![(site::tls_paths(&id).0, crt), (site::tls_paths(&id).1, key)];
+            } else {
+                return fail(
+                    status,
+                    "IssuanceFailed",
+                    "waiting to retry the issuance".to_owned(),
+                    "acme",
+                    Requeue::After(RECHECK),
+                );
+            }
+            if let Some((crt, key)) = tls_pair(&id, &files)
+                && let Ok(parsed) = certificate::parse(&crt, &key)
+            {
+                // Come back when it is due for renewal (at least a minute from now).
+                let renewal = renewal_time(&parsed);
+                record.renewal_time = Some(Time(renewal));
+                let until = renewal.duration_since(now);
+                acme_requeue.get_or_insert(
+                    Duration::try_from(until)
+                        .unwrap_or(Duration::from_secs(60))
+                        .max(Duration::from_secs(60)),
+                );
+                certificate = Some(parsed);
+            }
+            status.certificate = Some(record);
+        }
+
+        // Build, then hand to the edge.
+        let requeue = match (acme_requeue, requeue) {
+            (Some(renew), Requeue::After(other)) => Requeue::After(renew.min(other)),
+            (Some(renew), Requeue::OnChange) => Requeue::After(renew),
+            (None, requeue) => requeue,
+        };
         let config = site::render(&id, &object, &settings, &target, certificate.is_some());
         let hash = hex::encode(&Sha256::digest(config.as_bytes())[..8]);
         let wanted = Wanted {
@@ -462,5 +655,31 @@ impl Reconciler for Proxies {
                 category: error.category(),
                 message: error.to_string(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_two_thirds_into_the_lifetime_and_failures_back_off() {
+        let at = |day: i64| jiff::Timestamp::from_second(1_800_000_000 + day * 86_400).unwrap();
+        let issued = certificate::Certificate {
+            not_before: at(0),
+            not_after: at(90),
+            names: vec!["a.example.com".to_owned()],
+            key: ("EC".to_owned(), 256),
+            chain_length: 2,
+            chain_ordered: true,
+            self_signed: false,
+        };
+        assert_eq!(renewal_time(&issued), at(60));
+        assert_eq!(issuance_backoff(1), jiff::SignedDuration::from_secs(30));
+        assert_eq!(issuance_backoff(3), jiff::SignedDuration::from_secs(120));
+        assert_eq!(
+            issuance_backoff(30),
+            jiff::SignedDuration::from_secs(6 * 3600)
+        );
     }
 }

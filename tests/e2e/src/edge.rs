@@ -35,6 +35,14 @@ impl TestEdge {
         }
     }
 
+    /// An edge whose plain HTTP is on `http` (pebble validates HTTP-01 on a fixed port).
+    pub fn with_http_port(docker: &TestDocker, http: u16) -> Self {
+        Self {
+            http,
+            ..Self::new(docker)
+        }
+    }
+
     /// The `infrapilot run` options for this edge, from the nginx test image.
     pub fn args(&self) -> Vec<String> {
         let mut args = vec![

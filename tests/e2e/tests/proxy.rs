@@ -6,6 +6,7 @@ use std::time::Duration;
 use infrapilot_e2e::docker::{ContainerSpec, TestDocker, images};
 use infrapilot_e2e::edge::{TestEdge, free_port};
 use infrapilot_e2e::operator::Operator;
+use infrapilot_e2e::pebble::Pebble;
 use infrapilot_e2e::wait::eventually;
 use infrapilot_e2e::{env, names};
 
@@ -17,8 +18,16 @@ struct Setup {
 }
 
 async fn setup(test: &str) -> Setup {
+    setup_with(test, None).await
+}
+
+/// [`setup`] with the edge's plain HTTP on `http`.
+async fn setup_with(test: &str, http: Option<u16>) -> Setup {
     let docker = TestDocker::new(test).await;
-    let edge = TestEdge::new(&docker);
+    let edge = match http {
+        Some(port) => TestEdge::with_http_port(&docker, port),
+        None => TestEdge::new(&docker),
+    };
     let dir = env::test_dir(&names::unique(test));
     std::fs::create_dir_all(dir.join("manifests")).expect("the manifests directory");
     let operator = start(&dir, &edge);
@@ -432,6 +441,33 @@ fn certificate_for(dir: &std::path::Path, host: &str) -> (String, String, String
     )
 }
 
+/// A GET over HTTPS to `host` through the edge, trusting `ca_pem`, retried until it answers.
+async fn https_get(s: &Setup, host: &str, ca_pem: &str) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("a PEM CA"))
+        .resolve(
+            host,
+            format!("127.0.0.1:{}", s.edge.https)
+                .parse()
+                .expect("an address"),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTPS client");
+    eventually(
+        &format!("HTTPS for {host}"),
+        Duration::from_secs(20),
+        || async {
+            client
+                .get(format!("https://{host}:{}/", s.edge.https))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))
+        },
+    )
+    .await
+}
+
 fn indented(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }
@@ -657,4 +693,92 @@ async fn an_operator_killed_half_way_converges_without_repeating_side_effects() 
         );
     }
     again.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_acme_certificate_is_issued_by_pebble_and_served() {
+    let pebble = Pebble::from_env();
+    let s = setup_with("proxy-acme", Some(pebble.http01_port)).await;
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    let host = "acme.example.test";
+    let ca = String::from_utf8(pebble.listener_ca_pem.clone()).unwrap();
+    s.write(
+        "acme.yaml",
+        &proxy(
+            "acme",
+            host,
+            &by_name(&app.name),
+            &format!(
+                "  tls:\n    acme:\n      email: ops@example.test\n      server: {}\n      caBundle: |\n{}",
+                pebble.directory,
+                ca.lines().map(|l| format!("        {l}\n")).collect::<String>()
+            ),
+        ),
+    );
+    let ready = s.ready("acme", "True").await;
+    let certificate = &ready["status"]["certificate"];
+    assert!(certificate["notAfter"].is_string(), "{ready}");
+    assert!(certificate["renewalTime"].is_string(), "{ready}");
+    assert_eq!(certificate["failedIssuanceAttempts"], 0, "{ready}");
+
+    // Served over HTTPS with pebble's chain; plain HTTP redirects.
+    let root = pebble.issuer_root_pem().await.unwrap();
+    let response = https_get(&s, host, &root).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains(&app.name));
+    s.wait_for(host, 301, "").await;
+
+    // A restart issues nothing again: the edge keeps the certificate.
+    let dir = s.operator.dir().to_owned();
+    s.operator.stop().await.unwrap();
+    let again = start(&dir, &s.edge);
+    wait_for_log(&again, "found the running edge").await;
+    // Time enough for an issuance (one takes about a second against pebble), were one started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let export = infrapilot_e2e::operator::cli(&dir, &["audit", "export", "--format", "json"])
+        .await
+        .unwrap();
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&export.stdout).unwrap();
+    let issued = records
+        .iter()
+        .filter(|r| r["action"] == "certificate.issue" && r["outcome"] == "Success")
+        .count();
+    assert_eq!(issued, 1, "{records:?}");
+    again.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_issuance_is_reported_with_its_attempts() {
+    let pebble = Pebble::from_env();
+    let s = setup("proxy-acme-fail").await;
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    // Without caBundle the ACME server's own certificate is not trusted: issuance fails.
+    s.write(
+        "failing.yaml",
+        &proxy(
+            "failing",
+            "failing.example.test",
+            &by_name(&app.name),
+            &format!(
+                "  tls:\n    acme:\n      email: ops@example.test\n      server: {}\n",
+                pebble.directory
+            ),
+        ),
+    );
+    let failed = s.ready("failing", "False").await;
+    assert_eq!(
+        failed["status"]["conditions"][0]["reason"], "IssuanceFailed",
+        "{failed}"
+    );
+    assert_eq!(
+        failed["status"]["certificate"]["failedIssuanceAttempts"], 1,
+        "{failed}"
+    );
+    assert!(
+        failed["status"]["certificate"]["lastFailureTime"].is_string(),
+        "{failed}"
+    );
+    // The site is served over plain HTTP meanwhile.
+    s.wait_for("failing.example.test", 200, &app.name).await;
+    s.operator.stop().await.unwrap();
 }
