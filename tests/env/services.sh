@@ -84,10 +84,12 @@ pebble_up() {
     "httpPort": $http01_port,
     "tlsPort": $tlsalpn_port,
     "ocspResponderURL": "",
-    "externalAccountBindingRequired": false
+    "externalAccountBindingRequired": false,
+    "certificateValidityPeriod": 45
   }
 }
 JSON
+  # Certificates live 45 s, so that a test sees one renewed (two thirds in: after 30 s).
   # NOSLEEP: no random validation delays. NONCEREJECT=0: pebble otherwise rejects 5% of nonces
   # at random, which makes tests flaky without testing anything of ours.
   PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 \

@@ -528,14 +528,14 @@ impl Reconciler for Proxies {
             if let Some((crt, key)) = tls_pair(&id, &files)
                 && let Ok(parsed) = certificate::parse(&crt, &key)
             {
-                // Come back when it is due for renewal (at least a minute from now).
+                // Come back when it is due for renewal (a second from now at the earliest).
                 let renewal = renewal_time(&parsed);
                 record.renewal_time = Some(Time(renewal));
                 let until = renewal.duration_since(now);
                 acme_requeue.get_or_insert(
                     Duration::try_from(until)
-                        .unwrap_or(Duration::from_secs(60))
-                        .max(Duration::from_secs(60)),
+                        .unwrap_or(Duration::from_secs(1))
+                        .max(Duration::from_secs(1)),
                 );
                 certificate = Some(parsed);
             }

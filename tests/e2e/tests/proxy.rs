@@ -442,12 +442,12 @@ fn certificate_for(dir: &std::path::Path, host: &str) -> (String, String, String
 }
 
 /// A GET over HTTPS to `host` through the edge, trusting `ca_pem`, retried until it answers.
-async fn https_get(s: &Setup, host: &str, ca_pem: &str) -> reqwest::Response {
+async fn https_get(edge: &TestEdge, host: &str, ca_pem: &str) -> reqwest::Response {
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("a PEM CA"))
         .resolve(
             host,
-            format!("127.0.0.1:{}", s.edge.https)
+            format!("127.0.0.1:{}", edge.https)
                 .parse()
                 .expect("an address"),
         )
@@ -459,7 +459,7 @@ async fn https_get(s: &Setup, host: &str, ca_pem: &str) -> reqwest::Response {
         Duration::from_secs(20),
         || async {
             client
-                .get(format!("https://{host}:{}/", s.edge.https))
+                .get(format!("https://{host}:{}/", edge.https))
                 .send()
                 .await
                 .map_err(|e| format!("{e:?}"))
@@ -723,12 +723,13 @@ async fn an_acme_certificate_is_issued_by_pebble_and_served() {
 
     // Served over HTTPS with pebble's chain; plain HTTP redirects.
     let root = pebble.issuer_root_pem().await.unwrap();
-    let response = https_get(&s, host, &root).await;
+    let response = https_get(&s.edge, host, &root).await;
     assert_eq!(response.status(), 200);
     assert!(response.text().await.unwrap().contains(&app.name));
     s.wait_for(host, 301, "").await;
 
     // A restart issues nothing again: the edge keeps the certificate.
+    let first_not_after = certificate["notAfter"].clone();
     let dir = s.operator.dir().to_owned();
     s.operator.stop().await.unwrap();
     let again = start(&dir, &s.edge);
@@ -744,6 +745,31 @@ async fn an_acme_certificate_is_issued_by_pebble_and_served() {
         .filter(|r| r["action"] == "certificate.issue" && r["outcome"] == "Success")
         .count();
     assert_eq!(issued, 1, "{records:?}");
+
+    // Two thirds into its lifetime (pebble's test certificates live 45 s) it is renewed, and
+    // the new one is served.
+    let renewed = eventually(
+        "the certificate to be renewed",
+        Duration::from_secs(50),
+        || async {
+            let object = again
+                .get("proxy", "acme")
+                .await
+                .map_err(|e| e.to_string())?;
+            let not_after = &object["status"]["certificate"]["notAfter"];
+            if not_after.is_string() && *not_after != first_not_after {
+                Ok(object)
+            } else {
+                Err(format!("{}", object["status"]))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        renewed["status"]["certificate"]["failedIssuanceAttempts"], 0,
+        "{renewed}"
+    );
+    assert_eq!(https_get(&s.edge, host, &root).await.status(), 200);
     again.stop().await.unwrap();
 }
 
