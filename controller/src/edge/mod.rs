@@ -105,7 +105,17 @@ pub trait EdgeApi: Send + Sync {
     async fn publish_challenge(&self, token: &str, answer: &str) -> Result<(), EdgeError>;
     /// The files (certificate and key) the edge serves for the Proxy `id`, if any.
     async fn files(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>, EdgeError>;
+    /// Reads or writes a file of the edge's ACME state (account credentials): `name` is a
+    /// plain name under [`ACME_STATE_DIR`].
+    async fn acme_state(
+        &self,
+        name: &str,
+        write: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, EdgeError>;
 }
+
+/// Where the edge keeps ACME account credentials, next to the certificate keys.
+pub const ACME_STATE_DIR: &str = "/etc/nginx/infrapilot/acme";
 
 /// Where the answer to a question about a Proxy's files goes.
 type FilesReply = oneshot::Sender<Result<Vec<(String, Vec<u8>)>, EdgeError>>;
@@ -115,6 +125,11 @@ enum Request {
     Remove(String, ObjectRef, oneshot::Sender<Result<(), EdgeError>>),
     Challenge(String, String, oneshot::Sender<Result<(), EdgeError>>),
     Files(String, FilesReply),
+    AcmeState(
+        String,
+        Option<Vec<u8>>,
+        oneshot::Sender<Result<Option<Vec<u8>>, EdgeError>>,
+    ),
 }
 
 /// The handle reconcilers hold; the edge task runs while one exists.
@@ -175,6 +190,18 @@ impl EdgeApi for Edge {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Files(id.to_owned(), reply))
+            .map_err(|_| EdgeError::Stopped)?;
+        answer.await.map_err(|_| EdgeError::Stopped)?
+    }
+
+    async fn acme_state(
+        &self,
+        name: &str,
+        write: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, EdgeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::AcmeState(name.to_owned(), write, reply))
             .map_err(|_| EdgeError::Stopped)?;
         answer.await.map_err(|_| EdgeError::Stopped)?
     }
@@ -284,6 +311,9 @@ impl Batch {
             Request::Files(_, reply) => {
                 let _ = reply.send(Err(EdgeError::Stopped));
             }
+            Request::AcmeState(_, _, reply) => {
+                let _ = reply.send(Err(EdgeError::Stopped));
+            }
             Request::Apply(wanted, reply) => {
                 self.applies.push((wanted.id.clone(), reply));
                 let object = wanted.object.clone();
@@ -315,6 +345,10 @@ impl Owner {
                         }
                         Request::Files(id, reply) => {
                             let _ = reply.send(self.live_files(&id).await);
+                            continue;
+                        }
+                        Request::AcmeState(name, write, reply) => {
+                            let _ = reply.send(self.acme_state(&name, write).await);
                             continue;
                         }
                         other => other,
@@ -395,6 +429,37 @@ impl Owner {
         );
         self.docker.put_files(&container, &[file]).await?;
         Ok(())
+    }
+
+    async fn acme_state(
+        &mut self,
+        name: &str,
+        write: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, EdgeError> {
+        if !crate::proxy::acme::valid_token(name) {
+            return Err(EdgeError::Docker(DockerError::Refused(format!(
+                "invalid ACME state name {name:?}"
+            ))));
+        }
+        self.ensure_running(None).await?;
+        let container = self.container.clone().ok_or(EdgeError::Stopped)?;
+        // `.key`: written readable by the nginx master (root) only.
+        let path = format!("{ACME_STATE_DIR}/{name}.key");
+        match write {
+            Some(content) => {
+                self.docker
+                    .put_files(&container, &[(path, content)])
+                    .await?;
+                Ok(None)
+            }
+            None => Ok(self
+                .docker
+                .read_files(&container, ACME_STATE_DIR)
+                .await?
+                .into_iter()
+                .find(|(file, _)| *file == format!("{name}.key"))
+                .map(|(_, content)| content)),
+        }
     }
 
     async fn live_files(&mut self, id: &str) -> Result<Vec<(String, Vec<u8>)>, EdgeError> {

@@ -6,14 +6,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-    RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
 };
 
-/// Publishes and withdraws HTTP-01 answers.
+/// Publishes HTTP-01 answers, and keeps ACME account credentials (a private key: kept where
+/// certificate keys are kept, never logged).
 #[async_trait]
 pub trait ChallengeResponder: Send + Sync {
     async fn publish(&self, token: &str, key_authorization: &str) -> Result<(), String>;
+    /// The stored credentials of the account `name`, if any.
+    async fn account(&self, name: &str) -> Result<Option<String>, String>;
+    async fn save_account(&self, name: &str, credentials: &str) -> Result<(), String>;
+}
+
+/// The name an account is stored under: one per ACME server and e-mail address.
+pub fn account_name(request: &Request) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{}\n{}", request.directory, request.email).as_bytes());
+    format!("account-{}", &hex::encode(digest)[..16])
 }
 
 /// A certificate chain (leaf first) and its private key, both PEM.
@@ -77,19 +88,37 @@ impl Issuer for AcmeIssuer {
             None => Account::builder(),
         }
         .map_err(|e| fail("the ACME client", e))?;
-        let contact = format!("mailto:{}", request.email);
-        let (account, _credentials) = builder
-            .create(
-                &NewAccount {
-                    contact: &[&contact],
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                },
-                request.directory.clone(),
-                None,
-            )
-            .await
-            .map_err(|e| fail("creating the ACME account", e))?;
+        let name = account_name(request);
+        let stored = responder
+            .account(&name)
+            .await?
+            .and_then(|json| serde_json::from_str::<AccountCredentials>(&json).ok());
+        let account = match stored {
+            Some(credentials) => builder
+                .from_credentials(credentials)
+                .await
+                .map_err(|e| fail("restoring the ACME account", e))?,
+            None => {
+                let contact = format!("mailto:{}", request.email);
+                let (account, credentials) = builder
+                    .create(
+                        &NewAccount {
+                            contact: &[&contact],
+                            terms_of_service_agreed: true,
+                            only_return_existing: false,
+                        },
+                        request.directory.clone(),
+                        None,
+                    )
+                    .await
+                    .map_err(|e| fail("creating the ACME account", e))?;
+                let json = serde_json::to_string(&credentials)
+                    .map_err(|e| format!("storing the ACME account: {e}"))?;
+                responder.save_account(&name, &json).await?;
+                tracing::info!(server = %request.directory, "registered an ACME account");
+                account
+            }
+        };
         let identifiers: Vec<Identifier> = request
             .hosts
             .iter()

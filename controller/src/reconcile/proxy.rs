@@ -189,6 +189,23 @@ impl acme::ChallengeResponder for EdgeResponder<'_> {
             .await
             .map_err(|e| e.to_string())
     }
+
+    async fn account(&self, name: &str) -> Result<Option<String>, String> {
+        let stored = self
+            .0
+            .acme_state(name, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(stored.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    async fn save_account(&self, name: &str, credentials: &str) -> Result<(), String> {
+        self.0
+            .acme_state(name, Some(credentials.as_bytes().to_vec()))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 fn proxy_key(proxy: &Proxy) -> (String, String) {

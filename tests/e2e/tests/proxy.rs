@@ -770,6 +770,14 @@ async fn an_acme_certificate_is_issued_by_pebble_and_served() {
         "{renewed}"
     );
     assert_eq!(https_get(&s.edge, host, &root).await.status(), 200);
+    // Renewed by the restarted operator with the account the first one registered (the
+    // credentials are kept in the edge).
+    assert_eq!(
+        again.log().matches("registered an ACME account").count(),
+        1,
+        "{}",
+        again.log()
+    );
     again.stop().await.unwrap();
 }
 
