@@ -132,7 +132,7 @@ impl Docker for FakeDocker {
     }
 }
 
-fn edge(docker: &Arc<FakeDocker>) -> Edge {
+fn edge(docker: Arc<dyn Docker>) -> Edge {
     let options = EdgeOptions {
         name: "edge".to_owned(),
         image: "nginx".to_owned(),
@@ -143,7 +143,7 @@ fn edge(docker: &Arc<FakeDocker>) -> Edge {
         check_interval: Duration::from_secs(3600),
     };
     let audit = Arc::new(crate::reconcile::tests_support::Recorder::default());
-    Edge::start(docker.clone(), options, audit)
+    Edge::start(docker, options, audit)
 }
 
 fn wanted(id: &str, config: &str) -> Wanted {
@@ -165,7 +165,7 @@ fn wanted(id: &str, config: &str) -> Wanted {
 #[tokio::test]
 async fn changes_arriving_together_share_one_reload_and_an_unchanged_one_costs_nothing() {
     let docker = Arc::new(FakeDocker::default());
-    let edge = edge(&docker);
+    let edge = edge(docker.clone());
     let applies = (0..10).map(|i| edge.apply(wanted(&format!("p{i}"), &format!("server {i}"))));
     let results = futures::future::join_all(applies).await;
     assert!(
@@ -190,7 +190,7 @@ async fn changes_arriving_together_share_one_reload_and_an_unchanged_one_costs_n
 #[tokio::test]
 async fn a_rejected_file_is_taken_out_and_the_others_are_served() {
     let docker = Arc::new(FakeDocker::default());
-    let edge = edge(&docker);
+    let edge = edge(docker.clone());
     assert_eq!(
         edge.apply(wanted("pgood", "server good")).await,
         Ok(Served::Serving)
@@ -218,4 +218,84 @@ async fn a_rejected_file_is_taken_out_and_the_others_are_served() {
     );
     // What nginx loaded is recorded for the next operator.
     assert!(state.files.contains_key(APPLIED_MARKER));
+}
+
+#[tokio::test]
+async fn a_same_named_container_it_did_not_create_is_never_touched() {
+    /// Docker with a foreign container where the edge would be.
+    struct Foreign(FakeDocker);
+
+    #[async_trait]
+    impl Docker for Foreign {
+        async fn container(
+            &self,
+            _name: &str,
+        ) -> Result<Option<crate::docker::ContainerFacts>, DockerError> {
+            Ok(Some(crate::docker::ContainerFacts {
+                id: "theirs".to_owned(),
+                name: "edge".to_owned(),
+                running: true,
+                ..Default::default()
+            }))
+        }
+        async fn containers_with_labels(
+            &self,
+            l: &BTreeMap<String, String>,
+        ) -> Result<Vec<crate::docker::ContainerFacts>, DockerError> {
+            self.0.containers_with_labels(l).await
+        }
+        async fn network(
+            &self,
+            n: &str,
+        ) -> Result<Option<crate::docker::NetworkFacts>, DockerError> {
+            self.0.network(n).await
+        }
+        async fn create(&self, c: &NewContainer) -> Result<String, DockerError> {
+            self.0.create(c).await
+        }
+        async fn remove(&self, c: &str) -> Result<(), DockerError> {
+            panic!("removed {c}, which InfraPilot did not create")
+        }
+        async fn connect(&self, n: &str, c: &str) -> Result<(), DockerError> {
+            self.0.connect(n, c).await
+        }
+        async fn disconnect(&self, n: &str, c: &str) -> Result<(), DockerError> {
+            self.0.disconnect(n, c).await
+        }
+        async fn put_files(&self, c: &str, f: &[(String, Vec<u8>)]) -> Result<(), DockerError> {
+            self.0.put_files(c, f).await
+        }
+        async fn read_files(
+            &self,
+            c: &str,
+            d: &str,
+        ) -> Result<Vec<(String, Vec<u8>)>, DockerError> {
+            self.0.read_files(c, d).await
+        }
+        async fn exec(
+            &self,
+            c: &str,
+            a: &[&str],
+        ) -> Result<crate::docker::ExecOutput, DockerError> {
+            self.0.exec(c, a).await
+        }
+        async fn signal(&self, c: &str, s: &str) -> Result<(), DockerError> {
+            self.0.signal(c, s).await
+        }
+        fn events(
+            &self,
+        ) -> futures::stream::BoxStream<'static, Result<crate::docker::ContainerEvent, DockerError>>
+        {
+            self.0.events()
+        }
+    }
+
+    let docker = Arc::new(Foreign(FakeDocker::default()));
+    let edge = edge(docker.clone());
+    assert_eq!(
+        edge.apply(wanted("p1", "server 1")).await,
+        Err(EdgeError::NameTaken("edge".to_owned()))
+    );
+    let state = docker.0.state.lock().unwrap();
+    assert_eq!((state.created, state.uploads, state.signals), (0, 0, 0));
 }
