@@ -268,6 +268,18 @@ impl Reconciler for Proxies {
         let fail = |status, reason: &str, message: String, category, requeue| {
             not_ready(status, reason, message, category, requeue, generation, now)
         };
+        // Something outside (Docker, the edge, the secret store) did not answer: look again soon.
+        let unavailable = |status, reason: &str, message: String, category| {
+            not_ready(
+                status,
+                reason,
+                message,
+                category,
+                Requeue::After(RECHECK),
+                generation,
+                now,
+            )
+        };
 
         // Validate: every user value through the grammar.
         let namespace = proxy.metadata.namespace.as_deref().unwrap_or("default");
@@ -311,12 +323,11 @@ impl Reconciler for Proxies {
             let (crt, key) = match read.await {
                 Ok(pair) => pair,
                 Err(error) => {
-                    return fail(
+                    return unavailable(
                         status,
                         "SecretUnavailable",
                         error.to_string(),
                         error.category(),
-                        Requeue::After(RECHECK),
                     );
                 }
             };
@@ -353,12 +364,11 @@ impl Reconciler for Proxies {
             }
             match resolved.map(|(result, _)| result) {
                 Err(error) => {
-                    return fail(
+                    return unavailable(
                         status,
                         "DockerUnavailable",
                         error.to_string(),
                         error.category(),
-                        Requeue::After(RECHECK),
                     );
                 }
                 // Docker events bring the Proxy back when its container appears or changes.
@@ -409,12 +419,11 @@ impl Reconciler for Proxies {
             let served = match self.edge.files(&id).await {
                 Ok(files) => files,
                 Err(error) => {
-                    return fail(
+                    return unavailable(
                         status,
                         "EdgeUnavailable",
                         error.to_string(),
                         error.category(),
-                        Requeue::After(RECHECK),
                     );
                 }
             };
@@ -451,12 +460,11 @@ impl Reconciler for Proxies {
                     files: if pending { served.clone() } else { Vec::new() },
                 };
                 if let Err(error) = self.edge.apply(prepared).await {
-                    return fail(
+                    return unavailable(
                         status,
                         "EdgeUnavailable",
                         error.to_string(),
                         error.category(),
-                        Requeue::After(RECHECK),
                     );
                 }
                 let request = acme::Request {
@@ -575,12 +583,11 @@ impl Reconciler for Proxies {
             files,
         };
         match self.edge.apply(wanted).await {
-            Err(error) => fail(
+            Err(error) => unavailable(
                 status,
                 "EdgeUnavailable",
                 error.to_string(),
                 error.category(),
-                Requeue::After(RECHECK),
             ),
             Ok(Served::Rejected(message)) => fail(
                 status,
