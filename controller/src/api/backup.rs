@@ -1,6 +1,8 @@
 //! `BackupValidationPolicy` and `BackupValidationRun`: scheduled proof that a PostgreSQL
 //! backup really restores.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -64,7 +66,7 @@ pub struct BackupValidationPolicySpec {
     #[serde(default)]
     pub engine: Engine,
     /// When to validate, as a cron expression (`minute hour day-of-month month day-of-week`,
-    /// UTC), such as `30 3 * * *`.
+    /// UTC), such as `30 3 * * *`. A sixth, leading field of seconds is accepted.
     #[schemars(length(min = 9, max = 100), regex(pattern = r"^[0-9*/,\-A-Za-z? ]+$"))]
     pub schedule: String,
     /// Skip scheduled runs while set; on-demand runs still happen.
@@ -158,6 +160,14 @@ pub struct Checks {
         pattern = r"^([a-zA-Z_][a-zA-Z0-9_$]{0,62}\.)?[a-zA-Z_][a-zA-Z0-9_$]{0,62}$"
     )))]
     pub expect_tables: Vec<String>,
+    /// The fewest rows a table must hold after the restore, by table (`schema.table` or
+    /// `table` in `public`), such as `{orders: 1000}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(k, k.matches('^([a-zA-Z_][a-zA-Z0-9_$]{0,62}\\\\.)?[a-zA-Z_][a-zA-Z0-9_$]{0,62}$'))",
+        "message": "keys are table names: `table` or `schema.table`",
+    }]))]
+    pub min_rows: BTreeMap<String, u64>,
     /// Queries whose single value must match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queries: Vec<QueryAssertion>,
@@ -173,6 +183,7 @@ impl Default for Checks {
             min_size: None,
             restore: RestoreCheck::default(),
             expect_tables: Vec::new(),
+            min_rows: BTreeMap::new(),
             queries: Vec::new(),
         }
     }
@@ -277,6 +288,13 @@ pub struct BackupValidationPolicyStatus {
     /// The most recent run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<RunSummary>,
+    /// The most recent finished run: the one `consecutiveFailures` and the notifications
+    /// have taken into account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_completed_run: Option<RunSummary>,
+    /// The most recent scheduled time a run was due (created or skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
     /// When the next scheduled run is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run_time: Option<Time>,
@@ -383,6 +401,22 @@ pub struct BackupValidationRunStatus {
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// The throwaway server's container while the run has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Where the full report is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportFiles>,
+}
+
+/// The report of a run, as files on the operator's report volume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportFiles {
+    /// The machine-readable report.
+    pub json: String,
+    /// The same as a page for people.
+    pub html: String,
 }
 
 /// The validated backup file.
@@ -397,6 +431,12 @@ pub struct BackupInfo {
     /// custom, tar, directory or plain, with the compression if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// When the file was last modified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<Time>,
+    /// The PostgreSQL version the dump was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
 }
 
 /// The outcome of one check.

@@ -42,6 +42,11 @@ impl Engine {
             .map_err(|e| DockerError::Unreachable(e.to_string()))?;
         Ok(Self { docker })
     }
+
+    /// The bollard client, for code that shares this connection (the backup restore engine).
+    pub fn client(&self) -> bollard::Docker {
+        self.docker.clone()
+    }
 }
 
 fn error(what: &str, error: BollardError) -> DockerError {

@@ -9,6 +9,7 @@
 //! value is dropped, including when the test panics.
 
 pub mod docker;
+pub mod dumps;
 pub mod edge;
 pub mod env;
 pub mod kmock;
