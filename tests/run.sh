@@ -19,6 +19,9 @@ sweep_docker() {
   local ids
   ids=$(docker ps -aq --filter label=infrapilot.io/e2e)
   [ -z "$ids" ] || docker rm -f -v $ids >/dev/null
+  # Throwaway restore servers of an operator a failed test left behind.
+  ids=$(docker ps -aq --filter label=infrapilot.io/backup-run)
+  [ -z "$ids" ] || docker rm -f -v $ids >/dev/null
   ids=$(docker network ls -q --filter label=infrapilot.io/e2e)
   [ -z "$ids" ] || docker network rm $ids >/dev/null
 }

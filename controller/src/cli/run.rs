@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use super::state::StateArgs;
 use crate::edge::EdgeOptions;
 use crate::kubernetes::leader::LeaseOptions;
@@ -40,6 +42,10 @@ pub struct Args {
     /// not served in standalone mode unless given].
     #[arg(long, env = "INFRAPILOT_PROBE_ADDRESS", value_name = "ADDRESS:PORT")]
     pub probe_address: Option<SocketAddr>,
+    /// Where backup validation reports are written, as
+    /// `DIR/<namespace>/<policy>/<run>.json` and `.html` [default: STATE_DIR/reports].
+    #[arg(long, env = "INFRAPILOT_REPORTS_DIR", value_name = "DIR")]
+    pub reports_dir: Option<PathBuf>,
     #[command(flatten)]
     pub edge: EdgeArgs,
     #[command(flatten)]
@@ -135,6 +141,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .audit_key
         .clone()
         .unwrap_or_else(|| args.state.state_dir.join("audit.key"));
+    // Absolute, since the paths in runs' status are read from wherever `get` is run.
+    let reports = std::path::absolute(
+        args.reports_dir
+            .clone()
+            .unwrap_or_else(|| args.state.state_dir.join("reports")),
+    )
+    .context("the reports directory")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -155,6 +168,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             crd_timeout: args.cluster.crd_timeout,
             instance: Some(instance(&args.cluster)),
             edge: args.edge.options(),
+            reports: reports.clone(),
         };
         runtime.block_on(kubernetes::run(options, shutdown_signal()))?;
     } else {
@@ -166,6 +180,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             delivery_timeout: args.delivery_timeout,
             probe_address: args.probe_address,
             edge: args.edge.options(),
+            reports,
         };
         runtime.block_on(standalone::run(options, shutdown_signal()))?;
     }

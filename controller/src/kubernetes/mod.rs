@@ -2,6 +2,7 @@
 //! Kept thin on purpose: validation, desired state and side effects live in the reconcilers,
 //! which both modes share.
 
+pub mod backup;
 pub mod controller;
 pub mod crd;
 pub mod events;

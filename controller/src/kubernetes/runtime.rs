@@ -17,6 +17,7 @@ use jiff::Timestamp;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::backup::KubeBackupObjects;
 use super::controller::{self, Backoff, Shared};
 use super::crd::wait_established;
 use super::events::KubeEvents;
@@ -24,16 +25,23 @@ use super::leader::{Leadership, LeaseOptions};
 use super::secrets::KubeSecrets;
 use crate::api::Kind;
 use crate::audit::{AuditKey, AuditLog, NewRecord, Outcome};
+use crate::backup::engine::postgres::Postgres;
 use crate::delivery::Deliverer;
 use crate::edge::{Edge, EdgeOptions};
 use crate::reconcile::alert_channel::AlertChannels;
+use crate::reconcile::backup;
 use crate::reconcile::proxy::Proxies;
 use crate::reconcile::{Audit, Context, Event, EventType, Events};
 use crate::standalone::store::Store;
 use crate::telemetry::{self, Health, Metrics};
 
 /// The kinds whose reconcilers have landed, and so get a Controller.
-const KINDS: [Kind; 2] = [Kind::AlertChannel, Kind::Proxy];
+const KINDS: [Kind; 4] = [
+    Kind::AlertChannel,
+    Kind::Proxy,
+    Kind::BackupValidationPolicy,
+    Kind::BackupValidationRun,
+];
 
 /// How the runtime is set up.
 #[derive(Clone, Debug)]
@@ -54,6 +62,8 @@ pub struct Options {
     pub instance: Option<String>,
     /// How the edge nginx container is run (on the Docker engine of DOCKER_HOST).
     pub edge: EdgeOptions,
+    /// Where backup validation reports are written (a volume of the operator's pod).
+    pub reports: PathBuf,
 }
 
 /// Runs until `shutdown` completes, or fails when this replica loses its Lease (the process
@@ -133,7 +143,9 @@ async fn lead_and_reconcile(
             }
         })
     };
-    let docker: Arc<dyn crate::docker::Docker> = Arc::new(crate::docker::Engine::connect()?);
+    let engine = crate::docker::Engine::connect()?;
+    let restore = Arc::new(Postgres::from_engine(&engine));
+    let docker: Arc<dyn crate::docker::Docker> = Arc::new(engine);
     let edge = Arc::new(Edge::start(
         docker.clone(),
         options.edge.clone(),
@@ -154,10 +166,28 @@ async fn lead_and_reconcile(
         shared.with(Proxies::new(docker, edge)),
         namespace,
         stop.wait(),
+        {
+            let on_synced = on_synced.clone();
+            move || on_synced()
+        },
+    );
+    let (backup_policies, backup_runs) = backup::reconcilers(
+        Arc::new(KubeBackupObjects::new(client.clone())),
+        restore,
+        options.reports.clone(),
+    );
+    let backup_policies = controller::run(shared.with(backup_policies), namespace, stop.wait(), {
+        let on_synced = on_synced.clone();
+        move || on_synced()
+    });
+    let backup_runs = controller::run(
+        shared.with(backup_runs),
+        namespace,
+        stop.wait(),
         move || on_synced(),
     );
     let controllers = async {
-        tokio::join!(alert_channels, proxies);
+        tokio::join!(alert_channels, proxies, backup_policies, backup_runs);
     };
 
     let lost = async {

@@ -7,6 +7,7 @@
 //! changed.
 
 pub mod alert_channel;
+pub mod backup;
 pub mod proxy;
 #[cfg(test)]
 pub(crate) mod tests_support;

@@ -2,6 +2,7 @@
 //! API server's objects, and a state database keeps what the API server would (uid,
 //! generation, status, finalizer state, events).
 
+pub mod objects;
 pub mod runtime;
 pub mod store;
 pub mod sync;

@@ -19,14 +19,19 @@ use jiff::Timestamp;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::objects::StoreObjects;
 use super::store::{Store, StoredObject};
 use super::sync::{self, Change, Key, Scanned};
 use crate::api::Kind;
 use crate::audit::{AuditKey, AuditLog, ObjectRef};
+use crate::backup::engine::postgres::Postgres;
 use crate::delivery::Deliverer;
 use crate::edge::{Edge, EdgeOptions};
 use crate::manifest::{self, Object, Outcome, Problem};
 use crate::reconcile::alert_channel::AlertChannels;
+use crate::reconcile::backup::{self as backup_reconcile, BackupPolicies, BackupRuns};
 use crate::reconcile::proxy::Proxies;
 use crate::reconcile::{Context, Event, Events, Reconciler, Requeue};
 use crate::secrets::{SecretMap, Secrets};
@@ -49,6 +54,8 @@ pub struct Options {
     pub probe_address: Option<std::net::SocketAddr>,
     /// How the edge nginx container is run.
     pub edge: EdgeOptions,
+    /// Where backup validation reports are written.
+    pub reports: PathBuf,
 }
 
 /// How many objects are reconciled at once. Proxies wait on the edge, which batches what
@@ -92,7 +99,19 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         }
         None => None,
     };
-    let docker: Arc<dyn crate::docker::Docker> = Arc::new(crate::docker::Engine::connect()?);
+    let engine = crate::docker::Engine::connect()?;
+    let restore = Arc::new(Postgres::from_engine(&engine));
+    let docker: Arc<dyn crate::docker::Docker> = Arc::new(engine);
+    // Objects to reconcile because something other than the manifests changed them: a
+    // reconciler created or deleted an object, or an outside system (Docker, a finished
+    // restore) has news about one.
+    let (keys_tx, mut keys_rx) = unbounded_channel::<Key>();
+    let objects = Arc::new(StoreObjects {
+        store: store.clone(),
+        changed: keys_tx.clone(),
+    });
+    let (backup_policies, backup_runs) =
+        backup_reconcile::reconcilers(objects, restore, options.reports.clone());
     let edge = Arc::new(Edge::start(
         docker.clone(),
         options.edge.clone(),
@@ -104,6 +123,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         metrics,
         alert_channels: AlertChannels,
         proxies: Proxies::new(docker, edge),
+        backup_policies,
+        backup_runs,
+        keys: keys_tx.clone(),
     });
     let mut runtime = Runtime {
         workers,
@@ -117,8 +139,20 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         secrets_seen: None,
     };
 
-    // Proxies come back when their containers change (Docker events).
-    let mut triggers = runtime.workers.proxies.triggers();
+    // Proxies come back when their containers change (Docker events), policies when one of
+    // their runs ends, runs when their restore has news.
+    let workers = &runtime.workers;
+    forward(workers.proxies.triggers(), Kind::Proxy, &keys_tx);
+    forward(
+        workers.backup_policies.triggers(),
+        Kind::BackupValidationPolicy,
+        &keys_tx,
+    );
+    forward(
+        workers.backup_runs.triggers(),
+        Kind::BackupValidationRun,
+        &keys_tx,
+    );
     let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let _watcher = watch(&options.manifests, changed_tx)?;
 
@@ -136,15 +170,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             () = &mut shutdown => break,
-            Some((namespace, name)) = async {
-                match triggers.as_mut() {
-                    Some(triggers) => triggers.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let key = Key { kind: Kind::Proxy.name().to_owned(), namespace, name };
-                runtime.queue.at(key, Instant::now());
-            }
+            Some(key) = keys_rx.recv() => runtime.queue.at(key, Instant::now()),
             Some(()) = changed_rx.recv() => {
                 // Editors write in several steps: let a burst settle, then scan once. Short, since
                 // it adds to every change's latency; a file caught half-written is read again
@@ -390,9 +416,33 @@ struct Workers {
     metrics: Arc<Metrics>,
     alert_channels: AlertChannels,
     proxies: Proxies,
+    backup_policies: BackupPolicies,
+    backup_runs: BackupRuns,
+    /// Objects to queue: here, the dependents of a deleted object.
+    keys: UnboundedSender<Key>,
 }
 
 impl Workers {
+    /// Ends an object's deletion, and starts its dependents' (objects whose ownerReferences
+    /// name it, a policy's runs), as Kubernetes' garbage collector does.
+    async fn forget(&self, key: &Key, uid: &str) -> anyhow::Result<()> {
+        self.store.forget(key, uid).await?;
+        info!(object = %key, "deletion finished");
+        for dependent in self.store.dependents(&key.namespace, uid).await? {
+            self.store
+                .apply(
+                    &Change::Delete {
+                        key: dependent.clone(),
+                    },
+                    Timestamp::now(),
+                )
+                .await?;
+            info!(object = %dependent, owner = %key, "deleted with its owner");
+            let _ = self.keys.send(dependent);
+        }
+        Ok(())
+    }
+
     /// Reconciles one object; returns when to look at it again.
     async fn reconcile(&self, key: &Key) -> anyhow::Result<Option<Duration>> {
         let Some(object) = self.store.get(key).await? else {
@@ -403,12 +453,18 @@ impl Workers {
                 self.reconcile_with(&self.alert_channels, key, object).await
             }
             Some(Kind::Proxy) => self.reconcile_with(&self.proxies, key, object).await,
+            Some(Kind::BackupValidationPolicy) => {
+                self.reconcile_with(&self.backup_policies, key, object)
+                    .await
+            }
+            Some(Kind::BackupValidationRun) => {
+                self.reconcile_with(&self.backup_runs, key, object).await
+            }
             // The reconcilers of the other kinds land with their own issues; until then their
             // objects are stored and shown, and left alone.
             _ => {
                 if object.deleting {
-                    self.store.forget(key, &object.uid).await?;
-                    info!(object = %key, "deletion finished");
+                    self.forget(key, &object.uid).await?;
                 }
                 Ok(None)
             }
@@ -426,7 +482,7 @@ impl Workers {
             Err(error) if object.deleting => {
                 // Nothing can be cleaned up for an object this version cannot read.
                 warn!(object = %key, "deleting an object that cannot be read: {error}");
-                self.store.forget(key, &object.uid).await?;
+                self.forget(key, &object.uid).await?;
                 return Ok(None);
             }
             Err(error) => {
@@ -443,8 +499,7 @@ impl Workers {
                 warn!(object = %key, category = failure.category, "cleanup failed, retrying: {}", failure.message);
                 return Ok(Some(Duration::from_secs(10)));
             }
-            self.store.forget(key, &object.uid).await?;
-            info!(object = %key, "deletion finished");
+            self.forget(key, &object.uid).await?;
             return Ok(None);
         }
         let started = Instant::now();
@@ -525,6 +580,30 @@ impl Events for StoreEvents {
             warn!(object = %object.name, "could not store an event: {error:#}");
         }
     }
+}
+
+/// Queues the objects a reconciler's triggers name, as keys of `kind`.
+fn forward(
+    triggers: Option<UnboundedReceiver<(String, String)>>,
+    kind: Kind,
+    keys: &UnboundedSender<Key>,
+) {
+    let Some(mut triggers) = triggers else {
+        return;
+    };
+    let keys = keys.clone();
+    tokio::spawn(async move {
+        while let Some((namespace, name)) = triggers.recv().await {
+            let key = Key {
+                kind: kind.name().to_owned(),
+                namespace,
+                name,
+            };
+            if keys.send(key).is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// Watches the manifest paths; every change sends a (coalesced) signal.

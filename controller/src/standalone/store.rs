@@ -305,6 +305,23 @@ impl Store {
         Ok(())
     }
 
+    /// The objects in `namespace` whose `metadata.ownerReferences` name `uid`: what goes when
+    /// that owner goes, as Kubernetes' garbage collector has it.
+    pub async fn dependents(&self, namespace: &str, uid: &str) -> anyhow::Result<Vec<Key>> {
+        Ok(self
+            .list(None, Some(namespace))
+            .await?
+            .into_iter()
+            .filter(|o| {
+                o.object
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|owners| owners.iter().any(|r| r["uid"] == uid))
+            })
+            .map(|o| o.key)
+            .collect())
+    }
+
     /// Replaces the problems of the previous scan with `problems`.
     pub async fn replace_problems(&self, problems: &[Problem]) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;

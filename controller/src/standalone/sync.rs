@@ -8,6 +8,8 @@
 //! - An object whose file currently has an invalid or unreadable document is *held*: it keeps
 //!   its last good version, since the broken document may be that very object mid-edit.
 //!   Nothing is deleted because of a typo.
+//! - Objects the operator made itself (a policy's runs) have no file ([`OPERATOR_MADE`]) and
+//!   are never deleted for being absent from the manifests; they go with their owner.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -92,6 +94,9 @@ pub struct Plan {
     pub held: Vec<Key>,
 }
 
+/// The `file` of objects the operator made itself rather than read from a manifest.
+pub const OPERATOR_MADE: &str = "";
+
 /// Hash of a JSON value (keys are ordered by serde_json's map, so equal values hash equal).
 pub fn hash(value: &Value) -> String {
     hex::encode(Sha256::digest(value.to_string().as_bytes()))
@@ -155,7 +160,7 @@ pub fn plan(
         }
     }
     for (key, old) in stored {
-        if seen.contains(key) || old.deleting {
+        if seen.contains(key) || old.deleting || old.file == OPERATOR_MADE {
             continue;
         }
         if broken_files.contains(&old.file) {

@@ -4,6 +4,7 @@
 //! talk to. A test whose dependency is missing fails and says what is missing.
 
 mod audit;
+mod backup;
 mod backup_engine;
 mod cli;
 mod delivery;

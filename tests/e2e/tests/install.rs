@@ -174,6 +174,11 @@ async fn kustomize_and_the_chart_render_valid_objects_with_the_same_rbac() {
         "leaderElection": {"enabled": false},
         "replicaCount": 1,
         "docker": {"host": "tcp://docker.example:2376"},
+        "backups": {"volumes": [{
+            "name": "shop-backups",
+            "mountPath": "/backups/shop",
+            "volume": {"persistentVolumeClaim": {"claimName": "shop-backups"}},
+        }]},
     }))
     .await;
     validate(&tuned, "chart-tuned").await;
@@ -198,5 +203,28 @@ async fn kustomize_and_the_chart_render_valid_objects_with_the_same_rbac() {
     assert!(
         !tuned.iter().any(|d| d["kind"] == "Role"),
         "no leader election, no Lease role"
+    );
+    // Backup volumes are mounted read-only where the policies read them.
+    let pod = &find(&tuned, "Deployment")["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["name"] == "shop-backups")
+        .cloned()
+        .expect("the backup volume is mounted");
+    assert_eq!(
+        (mount["mountPath"].as_str(), mount["readOnly"].as_bool()),
+        (Some("/backups/shop"), Some(true))
+    );
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| v["name"] == "shop-backups"
+                && v["persistentVolumeClaim"]["claimName"] == "shop-backups"),
+        "{:#}",
+        pod["volumes"]
     );
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use infrapilot::api::Kind;
 use infrapilot_e2e::docker::{ContainerSpec, TestDocker, images};
+use infrapilot_e2e::dumps::{Fixture, Kind as DumpKind};
 use infrapilot_e2e::edge::TestEdge;
 use infrapilot_e2e::kmock::KubeEmulator;
 use infrapilot_e2e::operator::Operator;
@@ -20,10 +21,12 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::json;
 
-const RESOURCES: [&str; 6] = [
+const RESOURCES: [&str; 8] = [
     "apiextensions.k8s.io/v1/customresourcedefinitions",
     "infrapilot.io/v1alpha1/alertchannels",
     "infrapilot.io/v1alpha1/proxies",
+    "infrapilot.io/v1alpha1/backupvalidationpolicies",
+    "infrapilot.io/v1alpha1/backupvalidationruns",
     "coordination.k8s.io/v1/leases",
     "events.k8s.io/v1/events",
     "v1/secrets",
@@ -45,7 +48,12 @@ async fn cluster() -> (KubeEmulator, kube::Client, WebhookServer) {
 /// Installs the CRDs of the kinds with controllers, marked Established (the emulator has no
 /// apiextensions controller to do it).
 async fn install_crd(client: kube::Client) {
-    for kind in [Kind::AlertChannel, Kind::Proxy] {
+    for kind in [
+        Kind::AlertChannel,
+        Kind::Proxy,
+        Kind::BackupValidationPolicy,
+        Kind::BackupValidationRun,
+    ] {
         let mut crd = kind.crd().clone();
         crd.status = Some(CustomResourceDefinitionStatus {
             conditions: Some(vec![CustomResourceDefinitionCondition {
@@ -450,4 +458,87 @@ fn http_get(path: &str) -> http::Request<Vec<u8>> {
     http::Request::get(path)
         .body(Vec::new())
         .expect("a valid request")
+}
+
+fn infrapilot_api(client: kube::Client, kind: &str, plural: &str) -> Api<DynamicObject> {
+    let resource = ApiResource {
+        group: "infrapilot.io".to_owned(),
+        version: "v1alpha1".to_owned(),
+        api_version: "infrapilot.io/v1alpha1".to_owned(),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    };
+    Api::namespaced_with(client, "default", &resource)
+}
+
+#[tokio::test]
+async fn a_backup_policy_creates_an_owned_run_that_restores_and_reports_in_the_cluster() {
+    let (emulator, client, _hook) = cluster().await;
+    let fixture = Fixture::make("k8s-backup", &[DumpKind::Custom])
+        .await
+        .unwrap();
+    let operator = start_replica(&emulator, "replica-a");
+    let policies = infrapilot_api(
+        client.clone(),
+        "BackupValidationPolicy",
+        "backupvalidationpolicies",
+    );
+    let runs = infrapilot_api(client, "BackupValidationRun", "backupvalidationruns");
+    let policy: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "infrapilot.io/v1alpha1", "kind": "BackupValidationPolicy",
+        "metadata": {"name": "nightly", "namespace": "default"},
+        "spec": {
+            "source": {"path": fixture.path(DumpKind::Custom)},
+            "engine": {"image": images::POSTGRES},
+            "schedule": "0 3 * * *",
+            "runOnCreate": true,
+            "checks": {"expectTables": ["customers", "orders"], "minRows": {"orders": 1}},
+        },
+    }))
+    .unwrap();
+    let created = policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+
+    // The run is an object of the cluster, owned by its policy, and ends with its status.
+    let run = eventually("a finished run", Duration::from_secs(120), || async {
+        let list = runs
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        match list.items.first() {
+            Some(run)
+                if run.data["status"]["phase"] == "Succeeded"
+                    || run.data["status"]["phase"] == "Failed" =>
+            {
+                Ok(run.clone())
+            }
+            other => Err(format!(
+                "{:?}\noperator log:\n{}",
+                other.map(|r| &r.data["status"]),
+                operator.log()
+            )),
+        }
+    })
+    .await;
+    assert_eq!(run.data["status"]["phase"], "Succeeded", "{:#}", run.data);
+    let owner = &run.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(Some(&owner.uid), created.metadata.uid.as_ref());
+    assert_eq!(owner.controller, Some(true));
+    let report = run.data["status"]["report"]["json"].as_str().unwrap();
+    assert!(std::path::Path::new(report).is_file(), "{report}");
+
+    // The policy hears of it and shows it.
+    eventually("the policy Validated", Duration::from_secs(30), || async {
+        let policy = policies.get("nightly").await.map_err(|e| e.to_string())?;
+        match ready(&policy) {
+            Some((status, reason)) if status == "True" && reason == "Validated" => {
+                Ok(policy.data["status"].clone())
+            }
+            other => Err(format!("{other:?}: {:#}", policy.data["status"])),
+        }
+    })
+    .await;
+    operator.stop().await.unwrap();
 }

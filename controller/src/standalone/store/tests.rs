@@ -114,6 +114,38 @@ async fn a_deleted_object_is_kept_until_its_cleanup_finishes() {
 }
 
 #[tokio::test]
+async fn dependents_are_the_objects_whose_owner_references_name_the_uid() {
+    let (_dir, store) = store().await;
+    let owned = |uid: &str| {
+        json!({"apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertChannel",
+               "metadata": {"name": "x", "namespace": "default",
+                            "ownerReferences": [{"apiVersion": "infrapilot.io/v1alpha1",
+                                                 "kind": "BackupValidationPolicy",
+                                                 "name": "nightly", "uid": uid}]},
+               "spec": {}})
+    };
+    let mut docs = vec![scanned("owner", json!({}))];
+    for (name, owner) in [("mine", "uid-1"), ("theirs", "uid-9")] {
+        let mut doc = scanned(name, json!({}));
+        doc.object = owned(owner);
+        doc.object["metadata"]["name"] = json!(name);
+        docs.push(doc);
+    }
+    sync(&store, &docs).await;
+    assert_eq!(
+        store.dependents("default", "uid-1").await.unwrap(),
+        [key("mine")]
+    );
+    assert!(
+        store
+            .dependents("elsewhere", "uid-1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn problems_are_replaced_and_events_listed_oldest_first() {
     let (_dir, store) = store().await;
     let problem = Problem {
