@@ -19,9 +19,11 @@ sweep_docker() {
   local ids
   ids=$(docker ps -aq --filter label=infrapilot.io/e2e)
   [ -z "$ids" ] || docker rm -f -v $ids >/dev/null
-  # Throwaway restore servers of an operator a failed test left behind.
-  ids=$(docker ps -aq --filter label=infrapilot.io/backup-run)
-  [ -z "$ids" ] || docker rm -f -v $ids >/dev/null
+  # Throwaway restore servers, and makers of their warm images, that a stopped operator left.
+  for label in infrapilot.io/backup-run infrapilot.io/warm-image-build=true; do
+    ids=$(docker ps -aq --filter "label=$label")
+    [ -z "$ids" ] || docker rm -f -v $ids >/dev/null
+  done
   ids=$(docker network ls -q --filter label=infrapilot.io/e2e)
   [ -z "$ids" ] || docker network rm $ids >/dev/null
 }
