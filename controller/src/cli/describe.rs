@@ -83,7 +83,12 @@ fn render(object: &StoredObject, events: &[StoredEvent]) -> anyhow::Result<Strin
     writeln!(out, "UID:          {}", object.uid)?;
     writeln!(out, "Generation:   {}", object.generation)?;
     writeln!(out, "Created:      {}", field("creationTimestamp"))?;
-    writeln!(out, "Source:       {}:{}", object.file, object.line)?;
+    if object.file == crate::standalone::sync::OPERATOR_MADE {
+        // A policy's run, say: it has no manifest.
+        writeln!(out, "Source:       made by the operator")?;
+    } else {
+        writeln!(out, "Source:       {}:{}", object.file, object.line)?;
+    }
     if object.deleting {
         writeln!(
             out,
