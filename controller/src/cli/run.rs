@@ -46,6 +46,11 @@ pub struct Args {
     /// `DIR/<namespace>/<policy>/<run>.json` and `.html` [default: STATE_DIR/reports].
     #[arg(long, env = "INFRAPILOT_REPORTS_DIR", value_name = "DIR")]
     pub reports_dir: Option<PathBuf>,
+    /// How many backup validations run at once, across policies; the others wait their turn
+    /// (each runs a throwaway PostgreSQL server).
+    #[arg(long, env = "INFRAPILOT_MAX_RESTORES", value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_restores: u16,
     #[command(flatten)]
     pub edge: EdgeArgs,
     #[command(flatten)]
@@ -169,6 +174,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             instance: Some(instance(&args.cluster)),
             edge: args.edge.options(),
             reports: reports.clone(),
+            max_restores: args.max_restores.into(),
         };
         runtime.block_on(kubernetes::run(options, shutdown_signal()))?;
     } else {
@@ -181,6 +187,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             probe_address: args.probe_address,
             edge: args.edge.options(),
             reports,
+            max_restores: args.max_restores.into(),
         };
         runtime.block_on(standalone::run(options, shutdown_signal()))?;
     }

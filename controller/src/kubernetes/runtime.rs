@@ -64,6 +64,8 @@ pub struct Options {
     pub edge: EdgeOptions,
     /// Where backup validation reports are written (a volume of the operator's pod).
     pub reports: PathBuf,
+    /// How many backup validations run at once.
+    pub max_restores: usize,
 }
 
 /// Runs until `shutdown` completes, or fails when this replica loses its Lease (the process
@@ -175,6 +177,7 @@ async fn lead_and_reconcile(
         Arc::new(KubeBackupObjects::new(client.clone())),
         restore,
         options.reports.clone(),
+        options.max_restores,
     );
     let backup_policies = controller::run(shared.with(backup_policies), namespace, stop.wait(), {
         let on_synced = on_synced.clone();

@@ -56,6 +56,8 @@ pub struct Options {
     pub edge: EdgeOptions,
     /// Where backup validation reports are written.
     pub reports: PathBuf,
+    /// How many backup validations run at once.
+    pub max_restores: usize,
 }
 
 /// How many objects are reconciled at once. Proxies wait on the edge, which batches what
@@ -110,8 +112,12 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         store: store.clone(),
         changed: keys_tx.clone(),
     });
-    let (backup_policies, backup_runs) =
-        backup_reconcile::reconcilers(objects, restore, options.reports.clone());
+    let (backup_policies, backup_runs) = backup_reconcile::reconcilers(
+        objects,
+        restore,
+        options.reports.clone(),
+        options.max_restores,
+    );
     let edge = Arc::new(Edge::start(
         docker.clone(),
         options.edge.clone(),

@@ -51,15 +51,17 @@ pub trait BackupObjects: Send + Sync {
     async fn channel(&self, namespace: &str, name: &str) -> Result<Option<AlertChannel>, Failure>;
 }
 
-/// Both reconcilers, wired to each other: a run that ends brings its policy back.
+/// Both reconcilers, wired to each other: a run that ends brings its policy back. At most
+/// `max_restores` runs climb at once, across policies.
 pub fn reconcilers(
     objects: Arc<dyn BackupObjects>,
     engine: Arc<dyn RestoreEngine>,
     reports: PathBuf,
+    max_restores: usize,
 ) -> (BackupPolicies, BackupRuns) {
     let (policies_tx, policies_rx) = unbounded_channel();
     let policies = BackupPolicies::new(objects.clone(), reports.clone(), policies_rx);
-    let runs = BackupRuns::new(objects, engine, reports, policies_tx);
+    let runs = BackupRuns::new(objects, engine, reports, policies_tx, max_restores);
     (policies, runs)
 }
 

@@ -45,6 +45,10 @@ pub struct BackupRuns {
     runs_tx: UnboundedSender<(String, String)>,
     runs_rx: Mutex<Option<UnboundedReceiver<(String, String)>>>,
     policies_tx: UnboundedSender<(String, String)>,
+    /// One permit per climb: throwaway servers are heavy, and a nightly schedule shared by
+    /// many policies would otherwise start them all at once.
+    slots: Arc<tokio::sync::Semaphore>,
+    max_restores: usize,
 }
 
 impl std::fmt::Debug for BackupRuns {
@@ -69,8 +73,10 @@ impl BackupRuns {
         engine: Arc<dyn RestoreEngine>,
         reports: PathBuf,
         policies_tx: UnboundedSender<(String, String)>,
+        max_restores: usize,
     ) -> Self {
         let (runs_tx, runs_rx) = unbounded_channel();
+        let max_restores = max_restores.max(1);
         Self {
             objects,
             engine,
@@ -79,6 +85,8 @@ impl BackupRuns {
             runs_tx,
             runs_rx: Mutex::new(Some(runs_rx)),
             policies_tx,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_restores)),
+            max_restores,
         }
     }
 
@@ -103,6 +111,7 @@ impl BackupRuns {
         policy: &BackupValidationPolicy,
         ctx: &Context,
         mut status: BackupValidationRunStatus,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) -> BackupValidationRunStatus {
         let (namespace, name, uid) = (namespace_of(run), name_of(run), uid_of(run));
         let now = (ctx.now)();
@@ -150,6 +159,7 @@ impl BackupRuns {
             runs_tx: self.runs_tx.clone(),
             progress,
             running: status.clone(),
+            _slot: slot,
         };
         tokio::spawn(task.climb(job, namespace, name));
         status
@@ -175,6 +185,8 @@ struct Climber {
     runs_tx: UnboundedSender<(String, String)>,
     progress: Arc<Mutex<Progress>>,
     running: BackupValidationRunStatus,
+    /// Held until the climb ends.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Climber {
@@ -419,27 +431,37 @@ impl Reconciler for BackupRuns {
                 };
             }
         };
-        if self.busy(&policy_key) {
-            status::set(
-                &mut status.conditions,
-                Observation::ready(
-                    false,
-                    "Waiting",
-                    format!(
-                        "another run of policy {} is running; runs of a policy go one at a time",
-                        policy_key.1
-                    ),
-                ),
-                run.metadata.generation,
-                now,
-            );
-            return Applied {
-                status,
-                requeue: Requeue::After(WAIT),
-                failure: None,
-            };
-        }
-        let status = self.start(run, &policy, ctx, status);
+        let waiting = if self.busy(&policy_key) {
+            Err(format!(
+                "another run of policy {} is running; runs of a policy go one at a time",
+                policy_key.1
+            ))
+        } else {
+            self.slots.clone().try_acquire_owned().map_err(|_| {
+                format!(
+                    "{} restores are running, as many as the operator runs at once \
+                     (--max-restores); this one starts when one of them ends",
+                    self.max_restores
+                )
+            })
+        };
+        let slot = match waiting {
+            Ok(slot) => slot,
+            Err(message) => {
+                status::set(
+                    &mut status.conditions,
+                    Observation::ready(false, "Waiting", message),
+                    run.metadata.generation,
+                    now,
+                );
+                return Applied {
+                    status,
+                    requeue: Requeue::After(WAIT),
+                    failure: None,
+                };
+            }
+        };
+        let status = self.start(run, &policy, ctx, status, slot);
         trigger(&self.policies_tx, &policy_key.0, &policy_key.1);
         done(status)
     }

@@ -75,6 +75,7 @@ fn setup(policy: Option<BackupValidationPolicy>) -> Setup {
         Arc::new(engine.clone()),
         reports.path().to_owned(),
         policies_tx,
+        2,
     );
     let triggers = runs.triggers().unwrap();
     Setup {
@@ -194,6 +195,41 @@ async fn runs_of_one_policy_go_one_at_a_time() {
     let ready = second.status.conditions.get("Ready").unwrap();
     assert_eq!(ready.reason, "Waiting");
     assert_eq!(second.requeue, Requeue::After(WAIT));
+}
+
+#[tokio::test]
+async fn at_most_max_restores_runs_climb_at_once_across_policies() {
+    let s = setup(Some(policy(&testdata("app.dump"))));
+    let of = |name: &str, policy: &str| {
+        let mut run = run(name, None);
+        run.spec.policy_ref.name = policy.to_owned();
+        run
+    };
+    for (name, policy) in [("a-1", "a"), ("b-1", "b")] {
+        let applied = s.runs.reconcile(&of(name, policy), &s.ctx).await;
+        assert_eq!(applied.status.phase, RunPhase::Running, "{name}");
+    }
+    // Two climb (setup allows two): the third waits, whatever its policy.
+    let third = of("c-1", "c");
+    let waiting = s.runs.reconcile(&third, &s.ctx).await;
+    assert_eq!(waiting.status.phase, RunPhase::Pending);
+    let ready = waiting.status.conditions.get("Ready").unwrap();
+    assert_eq!(ready.reason, "Waiting");
+    assert!(
+        ready.message.contains("--max-restores"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(waiting.requeue, Requeue::After(WAIT));
+    // It starts once a climb has ended.
+    for _ in 0..500 {
+        let applied = s.runs.reconcile(&third, &s.ctx).await;
+        if applied.status.phase == RunPhase::Running {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the third run never started");
 }
 
 #[tokio::test]
