@@ -14,6 +14,8 @@ pub mod kubernetes;
 pub mod manifest;
 pub mod proxy;
 pub mod reconcile;
+pub mod retry;
+pub mod runtime;
 pub mod secrets;
 pub mod standalone;
 pub mod status;

@@ -29,10 +29,11 @@ pub enum SecretError {
 
 impl SecretError {
     /// `unreachable` when the API could not be asked, else `secret` (a person must fix it).
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> crate::retry::Category {
+        use crate::retry::Category;
         match self {
-            SecretError::Unavailable(_) => "unreachable",
-            _ => "secret",
+            SecretError::Unavailable(_) => Category::Unreachable,
+            _ => Category::Secret,
         }
     }
 

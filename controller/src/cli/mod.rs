@@ -5,6 +5,7 @@ mod audit;
 mod crd;
 mod describe;
 mod get;
+mod rbac;
 mod run;
 mod state;
 mod validate;
@@ -38,6 +39,8 @@ pub enum Command {
     Crd(crd::Args),
     /// Check manifests offline, with the messages the operator gives.
     Validate(validate::Args),
+    /// Print the ClusterRole the operator needs: exactly the requests of its controllers.
+    Rbac(rbac::Args),
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -53,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::Audit(command) => audit::run(&command),
         Command::Crd(args) => crd::run(&args),
         Command::Validate(args) => validate::run(&args),
+        Command::Rbac(args) => rbac::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,7 @@ use super::state::StateArgs;
 use crate::edge::EdgeOptions;
 use crate::kubernetes::leader::LeaseOptions;
 use crate::kubernetes::runtime as kubernetes;
+use crate::runtime::services::ServiceOptions;
 use crate::standalone::runtime as standalone;
 
 #[derive(Debug, clap::Args)]
@@ -153,6 +154,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| args.state.state_dir.join("reports")),
     )
     .context("the reports directory")?;
+    let services = ServiceOptions {
+        delivery_timeout: args.delivery_timeout,
+        edge: args.edge.options(),
+        reports,
+        max_restores: args.max_restores.into(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -166,15 +173,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             state_url: args.state.url(),
             audit_key,
             resync: args.resync,
-            delivery_timeout: args.delivery_timeout,
             probe_address: args
                 .probe_address
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
             crd_timeout: args.cluster.crd_timeout,
             instance: Some(instance(&args.cluster)),
-            edge: args.edge.options(),
-            reports: reports.clone(),
-            max_restores: args.max_restores.into(),
+            services,
         };
         runtime.block_on(kubernetes::run(options, shutdown_signal()))?;
     } else {
@@ -183,11 +187,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             state_url: args.state.url(),
             audit_key,
             resync: args.resync,
-            delivery_timeout: args.delivery_timeout,
             probe_address: args.probe_address,
-            edge: args.edge.options(),
-            reports,
-            max_restores: args.max_restores.into(),
+            services,
         };
         runtime.block_on(standalone::run(options, shutdown_signal()))?;
     }

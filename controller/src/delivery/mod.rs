@@ -126,12 +126,13 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> crate::retry::Category {
+        use crate::retry::Category;
         match self {
-            DeliveryError::Config(_) => "config",
-            DeliveryError::Unreachable { .. } => "unreachable",
-            DeliveryError::Rejected { .. } => "rejected",
-            DeliveryError::Timeout { .. } => "timeout",
+            DeliveryError::Config(_) => Category::Config,
+            DeliveryError::Unreachable { .. } => Category::Unreachable,
+            DeliveryError::Rejected { .. } => Category::Rejected,
+            DeliveryError::Timeout { .. } => Category::Timeout,
         }
     }
 

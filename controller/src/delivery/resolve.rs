@@ -15,10 +15,11 @@ pub enum ResolveError {
 }
 
 impl ResolveError {
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> crate::retry::Category {
+        use crate::retry::Category;
         match self {
-            ResolveError::Secret { .. } => "secret",
-            ResolveError::NoDestination => "invalid",
+            ResolveError::Secret { source, .. } => source.category(),
+            ResolveError::NoDestination => Category::Invalid,
         }
     }
 }
@@ -151,7 +152,7 @@ mod tests {
             error.to_string(),
             "spec.slack.webhookUrlSecretRef: Secret dev/slack does not exist"
         );
-        assert_eq!(error.category(), "secret");
+        assert_eq!(error.category(), crate::retry::Category::Secret);
     }
 
     #[tokio::test]

@@ -137,7 +137,7 @@ mod tests {
         let mut bad = target();
         bad.to = vec!["not an address".to_owned()];
         let error = build(&bad, &message()).unwrap_err();
-        assert_eq!(error.category(), "config");
+        assert_eq!(error.category(), crate::retry::Category::Config);
         assert!(
             error.to_string().contains("to \"not an address\""),
             "{error}"

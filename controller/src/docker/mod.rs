@@ -73,10 +73,11 @@ pub enum DockerError {
 }
 
 impl DockerError {
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> crate::retry::Category {
+        use crate::retry::Category;
         match self {
-            DockerError::Unreachable(_) => "unreachable",
-            DockerError::NotFound(_) | DockerError::Refused(_) => "docker",
+            DockerError::Unreachable(_) => Category::Unreachable,
+            DockerError::NotFound(_) | DockerError::Refused(_) => Category::Docker,
         }
     }
 }

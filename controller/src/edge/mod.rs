@@ -85,11 +85,12 @@ pub enum EdgeError {
 }
 
 impl EdgeError {
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> crate::retry::Category {
+        use crate::retry::Category;
         match self {
             EdgeError::Docker(error) => error.category(),
-            EdgeError::NameTaken(_) => "config",
-            EdgeError::Stopped => "internal",
+            EdgeError::NameTaken(_) => Category::Config,
+            EdgeError::Stopped => Category::Internal,
         }
     }
 }

@@ -15,17 +15,21 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::objects;
 use super::status::{apply_status, field_manager};
 use crate::api::common::Conditions;
 use crate::audit::ObjectRef;
-use crate::reconcile::{Applied, Context, Event, EventType, Events, Failure, Reconciler, Requeue};
+use crate::reconcile::{Event, EventType, Events, Failure, Reconciler};
+use crate::retry::Category;
+use crate::runtime::driver::{Driver, Next, Reconciled, StatusWriter};
 use crate::status::{self, Observation};
-use crate::telemetry::Metrics;
 
 /// The Api of a kind (or of a wrapper with the kind's scope, such as `DeserializeGuard`),
 /// whichever its scope: namespaced kinds are watched in one namespace or all, cluster-scoped
@@ -71,14 +75,11 @@ impl ScopedApi for crate::api::tenant::Tenant {
 
 /// What every reconcile of one controller shares.
 pub struct Shared<R: Reconciler> {
-    pub reconciler: R,
-    pub ctx: Context,
+    pub driver: Driver<R>,
     pub client: kube::Client,
     pub events: Arc<dyn Events>,
-    pub metrics: Arc<Metrics>,
     /// How often an object is looked at again when nothing changed.
     pub resync: Duration,
-    pub backoff: Backoff,
     /// The status last written per object (by uid). The watch cache may not have caught up
     /// with a write when the object is reconciled again; this is newer, and reconciling on it
     /// keeps a stale cache from repeating a finished side effect.
@@ -105,11 +106,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> Category {
         match self {
-            Error::Kube(_) => "kubernetes",
+            Error::Kube(_) => Category::Kubernetes,
             Error::Reconcile(failure) => failure.category,
-            Error::Finalizer(_) => "finalizer",
+            Error::Finalizer(_) => Category::Finalizer,
         }
     }
 
@@ -124,47 +125,6 @@ impl Error {
     }
 }
 
-/// Per-object exponential backoff, keyed by uid. Forgets an object once it reconciles cleanly.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    failures: Mutex<HashMap<String, u32>>,
-}
-
-impl Backoff {
-    /// The delay before the next attempt after one more failure of `category`.
-    pub fn next(&self, uid: &str, category: &str) -> Duration {
-        let failures = match self.failures.lock() {
-            Ok(mut map) => {
-                let count = map.entry(uid.to_owned()).or_default();
-                *count = count.saturating_add(1);
-                *count
-            }
-            Err(_) => 1,
-        };
-        backoff_delay(category, failures)
-    }
-
-    pub fn reset(&self, uid: &str) {
-        if let Ok(mut map) = self.failures.lock() {
-            map.remove(uid);
-        }
-    }
-}
-
-/// The delay after `failures` failures in a row: it starts by what the category says about
-/// the cause and doubles up to ten minutes. An API hiccup is retried within a second; an
-/// unreachable endpoint after a few; a missing Secret or a rejected setting, which a person has
-/// to fix, after longer.
-pub fn backoff_delay(category: &str, failures: u32) -> Duration {
-    let first: u64 = match category {
-        "kubernetes" => 1,
-        "unreachable" | "timeout" => 5,
-        _ => 15,
-    };
-    let exponent = failures.saturating_sub(1).min(10);
-    Duration::from_secs(first.saturating_mul(1 << exponent).min(600))
-}
-
 /// Reconciles one object; see the module's documentation for what happens around the call.
 pub async fn reconcile<R>(
     guard: Arc<DeserializeGuard<R::Object>>,
@@ -174,22 +134,33 @@ where
     R: Reconciler,
     R::Object: ScopedApi,
 {
-    let started = Instant::now();
-    let result = match &guard.0 {
+    match &guard.0 {
         Ok(object) => reconcile_object(object, &shared).await,
         Err(invalid) => {
+            let started = Instant::now();
             report_invalid::<R>(invalid, &shared).await;
-            Ok((Action::await_change(), Some("invalid")))
+            shared.driver.metrics.reconciled(
+                R::CONTROLLER,
+                started.elapsed(),
+                Some(Category::Invalid),
+            );
+            Ok(Action::await_change())
         }
-    };
-    let category = match &result {
-        Ok((_, category)) => *category,
-        Err(error) => Some(error.category()),
-    };
-    shared
-        .metrics
-        .reconciled(R::CONTROLLER, started.elapsed(), category);
-    result.map(|(action, _)| action)
+    }
+}
+
+/// What a reconcile answers to: the spec (its generation), deletion, finalizers, labels and
+/// annotations. Not the status, nor the resourceVersion a status write moves.
+pub fn spec_or_lifecycle<K: Resource>(object: &K) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = object.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.deletion_timestamp.is_some().hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.labels.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 fn guard_uid<K: Resource>(guard: &DeserializeGuard<K>) -> Option<String> {
@@ -212,38 +183,31 @@ pub fn error_policy<R: Reconciler>(
             invalid.metadata.name.clone().unwrap_or_default(),
         ),
     };
-    let delay = shared
-        .backoff
-        .next(uid.as_deref().unwrap_or(&name), error.category());
-    warn!(controller = R::CONTROLLER, object = %name, category = error.category(), retry_in = ?delay, "{error}");
+    let uid = uid.as_deref().unwrap_or(&name);
+    let delay = match error {
+        // Counted and logged where the reconciler failed.
+        Error::Reconcile(failure) => shared.driver.retry_in(uid, failure.category),
+        _ => shared.driver.failed(uid, error.category()),
+    };
+    warn!(controller = R::CONTROLLER, object = %name, category = %error.category(), retry_in = ?delay, "{error}");
     Action::requeue(delay)
 }
 
-async fn reconcile_object<R>(
-    object: &R::Object,
-    shared: &Arc<Shared<R>>,
-) -> Result<(Action, Option<&'static str>), Error>
+async fn reconcile_object<R>(object: &R::Object, shared: &Arc<Shared<R>>) -> Result<Action, Error>
 where
     R: Reconciler,
     R::Object: ScopedApi,
 {
     let api: Api<R::Object> =
         R::Object::scoped_api(shared.client.clone(), object.meta().namespace.as_deref());
-    let outcome = std::sync::Mutex::new(None);
-    let action = match R::FINALIZER {
+    match R::FINALIZER {
         Some(name) => finalizer(&api, name, Arc::new(object.clone()), |event| async {
             match event {
-                finalizer::Event::Apply(object) => {
-                    let (action, category) = apply(&api, object.as_ref(), shared).await?;
-                    if let Ok(mut slot) = outcome.lock() {
-                        *slot = category;
-                    }
-                    Ok::<_, Error>(action)
-                }
+                finalizer::Event::Apply(object) => Ok(apply(&api, object.as_ref(), shared).await),
                 finalizer::Event::Cleanup(object) => {
                     shared
-                        .reconciler
-                        .cleanup(&object, &shared.ctx)
+                        .driver
+                        .cleanup(&object)
                         .await
                         .map_err(Error::Reconcile)?;
                     if let Ok(mut written) = shared.written.lock() {
@@ -255,30 +219,27 @@ where
             }
         })
         .await
-        .map_err(Error::from_finalizer)?,
+        .map_err(Error::from_finalizer),
         // Nothing to clean up: a deleted object is simply gone.
-        None if object.meta().deletion_timestamp.is_some() => Action::await_change(),
-        None => {
-            let (action, category) = apply(&api, object, shared).await?;
-            return Ok((action, category));
-        }
-    };
-    let category = outcome.lock().ok().and_then(|slot| *slot);
-    Ok((action, category))
+        None if object.meta().deletion_timestamp.is_some() => Ok(Action::await_change()),
+        None => Ok(apply(&api, object, shared).await),
+    }
 }
 
-/// Runs the reconciler and applies the status it returns.
+/// Runs the reconciler through the driver, which applies the status it returns.
 async fn apply<R: Reconciler>(
     api: &Api<R::Object>,
     object: &R::Object,
     shared: &Shared<R>,
-) -> Result<(Action, Option<&'static str>), Error> {
+) -> Action {
     let uid = object.uid().unwrap_or_default();
     let remembered = shared
         .written
         .lock()
         .ok()
         .and_then(|written| written.get(&uid).cloned());
+    // Reconcile on the newer status, so that a stale cache cannot repeat a finished side
+    // effect.
     let current = match remembered {
         Some(status) if R::status(object) != Some(&status) => {
             let mut current = object.clone();
@@ -287,33 +248,40 @@ async fn apply<R: Reconciler>(
         }
         _ => std::borrow::Cow::Borrowed(object),
     };
-    let Applied {
-        status,
-        requeue,
-        failure,
-    } = shared.reconciler.reconcile(&current, &shared.ctx).await;
-    if apply_status(api, &current, R::status(&current), &status, R::CONTROLLER).await? {
-        info!(controller = R::CONTROLLER, object = %object.name_any(), namespace = ?object.namespace(), "status updated");
-    }
-    if let Some(failure) = &failure {
-        warn!(controller = R::CONTROLLER, object = %object.name_any(), namespace = ?object.namespace(), category = failure.category, "{}", failure.message);
-    }
+    let writer = ApplyStatus::<R> { api };
+    let Reconciled { status, next } = shared
+        .driver
+        .reconcile(&current, R::status(&current), &writer)
+        .await;
     if let Ok(mut written) = shared.written.lock() {
-        written.insert(uid.clone(), status);
+        written.insert(uid, status);
     }
-    let action = match (&failure, requeue) {
-        (_, Requeue::After(delay)) => Action::requeue(delay),
-        // A failure the reconciler leaves to a change (a missing Secret): Secrets are not
-        // watched, so look again on the category's backoff.
-        (Some(failure), Requeue::OnChange) => {
-            Action::requeue(shared.backoff.next(&uid, failure.category))
-        }
-        (None, Requeue::OnChange) => Action::requeue(shared.resync),
-    };
-    if failure.is_none() {
-        shared.backoff.reset(&uid);
+    match next {
+        Next::After(delay) => Action::requeue(delay),
+        Next::OnChange => Action::requeue(shared.resync),
     }
-    Ok((action, failure.map(|f| f.category)))
+}
+
+/// Status by server-side apply.
+struct ApplyStatus<'a, R: Reconciler> {
+    api: &'a Api<R::Object>,
+}
+
+#[async_trait::async_trait]
+impl<R: Reconciler> StatusWriter<R> for ApplyStatus<'_, R> {
+    async fn write(
+        &self,
+        object: &R::Object,
+        current: Option<&R::Status>,
+        status: &R::Status,
+    ) -> Result<bool, Failure> {
+        apply_status(self.api, object, current, status, R::CONTROLLER)
+            .await
+            .map_err(|error| Failure {
+                category: Category::Kubernetes,
+                message: format!("cannot write the status: {error}"),
+            })
+    }
 }
 
 /// An object whose spec this version cannot read: say so on the object (a `Ready=False`
@@ -395,7 +363,7 @@ async fn report_invalid<R: Reconciler>(
 /// the first full list.
 pub async fn run<R>(
     shared: Arc<Shared<R>>,
-    namespace: Option<&str>,
+    namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     synced: impl FnOnce() + Send + 'static,
 ) where
@@ -403,9 +371,36 @@ pub async fn run<R>(
     R::Object: ScopedApi,
 {
     let api: Api<DeserializeGuard<R::Object>> =
-        R::Object::scoped_api(shared.client.clone(), namespace);
-    let mut controller = Controller::new(api, watcher::Config::default().any_semantic());
-    if let Some(mut triggers) = shared.reconciler.triggers() {
+        R::Object::scoped_api(shared.client.clone(), namespace.as_deref());
+    // The cache sees every change; a reconcile is triggered only by a change a person (or
+    // another controller) made. An object's own status write comes back as a watch event, and
+    // reconciling on it would override the backoff of a failing object with an immediate retry.
+    let (reader, writer) = reflector::store();
+    let changes = reflector(
+        writer,
+        watcher(api, watcher::Config::default().any_semantic()).default_backoff(),
+    )
+    .applied_objects()
+    .predicate_filter(spec_or_lifecycle, PredicateConfig::default());
+    let mut controller = Controller::for_stream(changes, reader);
+    for relation in R::relations() {
+        let resource = objects::resource(relation.from);
+        let api: Api<DynamicObject> = match namespace.as_deref() {
+            Some(namespace) if relation.from.namespaced() => {
+                Api::namespaced_with(shared.client.clone(), namespace, &resource)
+            }
+            _ => Api::all_with(shared.client.clone(), &resource),
+        };
+        let config = watcher::Config::default().any_semantic();
+        controller = controller.watches_with(api, resource, config, move |object| {
+            let value = serde_json::to_value(&object).unwrap_or_default();
+            (relation.map)(&value).into_iter().map(|(namespace, name)| {
+                kube::runtime::reflector::ObjectRef::<DeserializeGuard<R::Object>>::new(&name)
+                    .within(&namespace)
+            })
+        });
+    }
+    if let Some(mut triggers) = shared.driver.reconciler.triggers() {
         let objects =
             futures::stream::poll_fn(move |cx| triggers.poll_recv(cx)).map(|(namespace, name)| {
                 kube::runtime::reflector::ObjectRef::<DeserializeGuard<R::Object>>::new(&name)

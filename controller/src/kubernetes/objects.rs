@@ -1,39 +1,55 @@
-//! The backup reconcilers' view of the other objects, through the API server.
-//!
-//! Runs are listed per namespace and matched on `spec.policyRef` rather than selected by
-//! label: hand-made runs need not carry the label.
+//! Other objects as reconcilers see them ([`crate::runtime::objects`]), through the API server.
 
-use async_trait::async_trait;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
+use serde_json::Value;
 
-use crate::api::alert::AlertChannel;
-use crate::api::backup::{BackupValidationPolicy, BackupValidationRun};
-use crate::reconcile::Failure;
-use crate::reconcile::backup::BackupObjects;
+use crate::api::{GROUP, Kind, VERSION};
+use crate::reconcile::{Category, Failure};
+use crate::runtime::objects::{ObjectStore, Selector};
 
-/// RBAC: get on policies and channels; list, create and delete on runs.
+/// Objects of every kind, by the API server's dynamic client.
 #[derive(Clone)]
-pub struct KubeBackupObjects {
+pub struct KubeObjects {
     client: kube::Client,
 }
 
-impl std::fmt::Debug for KubeBackupObjects {
+impl std::fmt::Debug for KubeObjects {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KubeBackupObjects")
+        f.write_str("KubeObjects")
     }
 }
 
-impl KubeBackupObjects {
+impl KubeObjects {
     pub fn new(client: kube::Client) -> Self {
         Self { client }
+    }
+
+    fn api(&self, kind: Kind, namespace: &str) -> Api<DynamicObject> {
+        let resource = resource(kind);
+        if kind.namespaced() {
+            Api::namespaced_with(self.client.clone(), namespace, &resource)
+        } else {
+            Api::all_with(self.client.clone(), &resource)
+        }
+    }
+}
+
+/// The API resource of an InfraPilot kind.
+pub fn resource(kind: Kind) -> ApiResource {
+    ApiResource {
+        group: GROUP.to_owned(),
+        version: VERSION.to_owned(),
+        api_version: format!("{GROUP}/{VERSION}"),
+        kind: kind.name().to_owned(),
+        plural: kind.plural().to_owned(),
     }
 }
 
 fn failure(error: kube::Error) -> Failure {
     let category = match &error {
-        kube::Error::Api(_) => "api",
-        _ => "unreachable",
+        kube::Error::Api(_) => Category::Kubernetes,
+        _ => Category::Unreachable,
     };
     Failure {
         category,
@@ -48,54 +64,80 @@ fn status_code(error: &kube::Error) -> Option<u16> {
     }
 }
 
-#[async_trait]
-impl BackupObjects for KubeBackupObjects {
-    async fn policy(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<BackupValidationPolicy>, Failure> {
-        let api: Api<BackupValidationPolicy> = Api::namespaced(self.client.clone(), namespace);
-        api.get_opt(name).await.map_err(failure)
+fn live(object: DynamicObject) -> Option<Value> {
+    if object.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    serde_json::to_value(object).ok()
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for KubeObjects {
+    async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Value>, Failure> {
+        let object = self
+            .api(kind, namespace)
+            .get_opt(name)
+            .await
+            .map_err(failure)?;
+        Ok(object.and_then(live))
     }
 
-    async fn runs(
+    async fn list(
         &self,
+        kind: Kind,
         namespace: &str,
-        policy: &str,
-    ) -> Result<Vec<BackupValidationRun>, Failure> {
-        let api: Api<BackupValidationRun> = Api::namespaced(self.client.clone(), namespace);
-        let list = api.list(&ListParams::default()).await.map_err(failure)?;
+        selector: &Selector,
+    ) -> Result<Vec<Value>, Failure> {
+        let mut params = ListParams::default();
+        if !selector.labels.is_empty() {
+            let labels: Vec<String> = selector
+                .labels
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect();
+            params = params.labels(&labels.join(","));
+        }
+        let list = self
+            .api(kind, namespace)
+            .list(&params)
+            .await
+            .map_err(failure)?;
+        // Selected again here: the owner is not a server-side filter.
         Ok(list
             .items
             .into_iter()
-            .filter(|run| run.spec.policy_ref.name == policy)
-            .filter(|run| run.metadata.deletion_timestamp.is_none())
+            .filter_map(live)
+            .filter(|object| selector.matches(object))
             .collect())
     }
 
-    async fn create_run(&self, run: &BackupValidationRun) -> Result<(), Failure> {
-        let namespace = run.metadata.namespace.as_deref().unwrap_or("default");
-        let api: Api<BackupValidationRun> = Api::namespaced(self.client.clone(), namespace);
-        match api.create(&PostParams::default(), run).await {
+    async fn create(&self, kind: Kind, object: Value) -> Result<(), Failure> {
+        let object: DynamicObject = serde_json::from_value(object).map_err(|error| Failure {
+            category: Category::Internal,
+            message: format!("a {} cannot be sent: {error}", kind.name()),
+        })?;
+        let namespace = object.metadata.namespace.clone().unwrap_or_default();
+        match self
+            .api(kind, &namespace)
+            .create(&PostParams::default(), &object)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(error) if status_code(&error) == Some(409) => Ok(()),
             Err(error) => Err(failure(error)),
         }
     }
 
-    async fn delete_run(&self, namespace: &str, name: &str) -> Result<(), Failure> {
-        let api: Api<BackupValidationRun> = Api::namespaced(self.client.clone(), namespace);
-        match api.delete(name, &DeleteParams::background()).await {
+    async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), Failure> {
+        match self
+            .api(kind, namespace)
+            .delete(name, &DeleteParams::background())
+            .await
+        {
             Ok(_) => Ok(()),
             Err(error) if status_code(&error) == Some(404) => Ok(()),
             Err(error) => Err(failure(error)),
         }
-    }
-
-    async fn channel(&self, namespace: &str, name: &str) -> Result<Option<AlertChannel>, Failure> {
-        let api: Api<AlertChannel> = Api::namespaced(self.client.clone(), namespace);
-        api.get_opt(name).await.map_err(failure)
     }
 }
 
@@ -103,8 +145,12 @@ impl BackupObjects for KubeBackupObjects {
 mod tests {
     use serde_json::json;
 
+    use std::sync::Arc;
+
     use super::*;
+    use crate::api::backup::BackupValidationRun;
     use crate::kubernetes::mock::{ApiServer, Reply};
+    use crate::runtime::objects::Objects;
 
     fn run_json(name: &str, policy: &str) -> serde_json::Value {
         json!({"apiVersion": "infrapilot.io/v1alpha1", "kind": "BackupValidationRun",
@@ -113,7 +159,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn runs_are_created_once_listed_by_policy_and_deleted_idempotently() {
+    async fn objects_are_created_once_listed_and_deleted_idempotently() {
         let (client, server) = ApiServer::new();
         let path = "/apis/infrapilot.io/v1alpha1/namespaces/shop/backupvalidationruns";
         let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -136,7 +182,7 @@ mod tests {
             Reply::new("DELETE", &format!("{path}/nightly-1?"), 200, run_json("nightly-1", "nightly")),
             Reply::new("DELETE", &format!("{path}/nightly-1?"), 404, gone),
         ]));
-        let objects = KubeBackupObjects::new(client);
+        let objects = Objects(Arc::new(KubeObjects::new(client)));
         let mut run: BackupValidationRun =
             serde_json::from_value(run_json("nightly-1", "nightly")).unwrap();
         run.metadata.owner_references = Some(vec![
@@ -149,13 +195,20 @@ mod tests {
                 block_owner_deletion: Some(true),
             },
         ]);
-        objects.create_run(&run).await.unwrap();
-        objects.create_run(&run).await.unwrap();
-        let runs = objects.runs("shop", "nightly").await.unwrap();
-        assert_eq!(runs.len(), 1);
+        objects.create(&run).await.unwrap();
+        objects.create(&run).await.unwrap();
+        let runs: Vec<BackupValidationRun> =
+            objects.list("shop", &Selector::everything()).await.unwrap();
+        assert_eq!(runs.len(), 2);
         assert_eq!(runs[0].metadata.name.as_deref(), Some("nightly-1"));
-        objects.delete_run("shop", "nightly-1").await.unwrap();
-        objects.delete_run("shop", "nightly-1").await.unwrap();
+        objects
+            .delete::<BackupValidationRun>("shop", "nightly-1")
+            .await
+            .unwrap();
+        objects
+            .delete::<BackupValidationRun>("shop", "nightly-1")
+            .await
+            .unwrap();
         task.await.unwrap();
     }
 }

@@ -13,35 +13,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use jiff::Timestamp;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::backup::KubeBackupObjects;
-use super::controller::{self, Backoff, Shared};
+use super::controller::{self, ScopedApi, Shared};
 use super::crd::wait_established;
 use super::events::KubeEvents;
 use super::leader::{Leadership, LeaseOptions};
+use super::objects::KubeObjects;
 use super::secrets::KubeSecrets;
-use crate::api::Kind;
 use crate::audit::{AuditKey, AuditLog, NewRecord, Outcome};
-use crate::backup::engine::postgres::Postgres;
-use crate::delivery::Deliverer;
-use crate::edge::{Edge, EdgeOptions};
-use crate::reconcile::alert_channel::AlertChannels;
-use crate::reconcile::backup;
-use crate::reconcile::proxy::Proxies;
-use crate::reconcile::{Audit, Context, Event, EventType, Events};
+use crate::reconcile::{Audit, Event, EventType, Events, Reconciler};
+use crate::runtime::driver::Driver;
+use crate::runtime::objects::Objects;
+use crate::runtime::registry::{self, Build, Register};
+use crate::runtime::services::{RuntimeParts, ServiceOptions, Services};
 use crate::standalone::store::Store;
 use crate::telemetry::{self, Health, Metrics};
-
-/// The kinds whose reconcilers have landed, and so get a Controller.
-const KINDS: [Kind; 4] = [
-    Kind::AlertChannel,
-    Kind::Proxy,
-    Kind::BackupValidationPolicy,
-    Kind::BackupValidationRun,
-];
 
 /// How the runtime is set up.
 #[derive(Clone, Debug)]
@@ -54,18 +42,14 @@ pub struct Options {
     pub state_url: String,
     pub audit_key: PathBuf,
     pub resync: Duration,
-    pub delivery_timeout: Duration,
     pub probe_address: SocketAddr,
     /// How long to wait for the CRDs to be established.
     pub crd_timeout: Duration,
     /// Tells replicas apart in Events (the pod name).
     pub instance: Option<String>,
-    /// How the edge nginx container is run (on the Docker engine of DOCKER_HOST).
-    pub edge: EdgeOptions,
-    /// Where backup validation reports are written (a volume of the operator's pod).
-    pub reports: PathBuf,
-    /// How many backup validations run at once.
-    pub max_restores: usize,
+    /// The edge (on the Docker engine of DOCKER_HOST), reports (a volume of the operator's
+    /// pod), deliveries.
+    pub services: ServiceOptions,
 }
 
 /// Runs until `shutdown` completes, or fails when this replica loses its Lease (the process
@@ -109,8 +93,9 @@ async fn lead_and_reconcile(
     metrics: &Arc<Metrics>,
     stop: &Stop,
 ) -> anyhow::Result<()> {
+    let kinds = registry::kinds();
     tokio::select! {
-        result = wait_established(client.clone(), &KINDS, options.crd_timeout, Duration::from_secs(2)) => result?,
+        result = wait_established(client.clone(), &kinds, options.crd_timeout, Duration::from_secs(2)) => result?,
         () = stop.wait() => return Ok(()),
     }
 
@@ -133,65 +118,31 @@ async fn lead_and_reconcile(
     };
     metrics.set_leader(true);
 
-    let ctx = context(options, client.clone()).await?;
+    let services = services(options, client.clone()).await?;
     health.set(false, "waiting for the watch caches to sync");
     let synced = Arc::new(AtomicUsize::new(0));
     let on_synced = {
         let health = health.clone();
+        let expected = kinds.len();
         Arc::new(move || {
-            if synced.fetch_add(1, Ordering::AcqRel) + 1 == KINDS.len() {
+            if synced.fetch_add(1, Ordering::AcqRel) + 1 == expected {
                 info!("every watch cache has synced");
                 health.set(true, "leading; every watch cache has synced");
             }
         })
     };
-    let engine = crate::docker::Engine::connect()?;
-    let restore = Arc::new(Postgres::from_engine(&engine));
-    let docker: Arc<dyn crate::docker::Docker> = Arc::new(engine);
-    let edge = Arc::new(Edge::start(
-        docker.clone(),
-        options.edge.clone(),
-        ctx.audit.clone(),
-    ));
-    let namespace = options.namespace.as_deref();
-    let shared = Common {
-        ctx: ctx.clone(),
+    let mut controllers = Controllers {
+        services: &services,
         client: client.clone(),
         metrics: metrics.clone(),
         resync: options.resync,
+        namespace: options.namespace.clone(),
+        stop,
+        on_synced,
+        running: Vec::new(),
     };
-    let alert_channels = controller::run(shared.with(AlertChannels), namespace, stop.wait(), {
-        let on_synced = on_synced.clone();
-        move || on_synced()
-    });
-    let proxies = controller::run(
-        shared.with(Proxies::new(docker, edge)),
-        namespace,
-        stop.wait(),
-        {
-            let on_synced = on_synced.clone();
-            move || on_synced()
-        },
-    );
-    let (backup_policies, backup_runs) = backup::reconcilers(
-        Arc::new(KubeBackupObjects::new(client.clone())),
-        restore,
-        options.reports.clone(),
-        options.max_restores,
-    );
-    let backup_policies = controller::run(shared.with(backup_policies), namespace, stop.wait(), {
-        let on_synced = on_synced.clone();
-        move || on_synced()
-    });
-    let backup_runs = controller::run(
-        shared.with(backup_runs),
-        namespace,
-        stop.wait(),
-        move || on_synced(),
-    );
-    let controllers = async {
-        tokio::join!(alert_channels, proxies, backup_policies, backup_runs);
-    };
+    registry::register(&mut controllers);
+    let controllers = futures::future::join_all(controllers.running);
 
     let lost = async {
         match leadership.as_mut() {
@@ -200,7 +151,7 @@ async fn lead_and_reconcile(
         }
     };
     let result = tokio::select! {
-        () = controllers => Ok(()),
+        _ = controllers => Ok(()),
         () = lost => Err(anyhow::anyhow!("lost the leader Lease; exiting so that a standby takes over")),
     };
     if let Some(leadership) = leadership {
@@ -209,46 +160,58 @@ async fn lead_and_reconcile(
     result
 }
 
-/// What every controller shares.
-struct Common {
-    ctx: Context,
+/// Builds one Controller per registered reconciler.
+struct Controllers<'a> {
+    services: &'a Services,
     client: kube::Client,
     metrics: Arc<Metrics>,
     resync: Duration,
+    namespace: Option<String>,
+    stop: &'a Stop,
+    on_synced: Arc<dyn Fn() + Send + Sync>,
+    running: Vec<futures::future::BoxFuture<'static, ()>>,
 }
 
-impl Common {
-    fn with<R: crate::reconcile::Reconciler>(&self, reconciler: R) -> Arc<Shared<R>> {
-        Arc::new(Shared {
-            reconciler,
-            ctx: self.ctx.clone(),
+impl Register for Controllers<'_> {
+    fn add<R: Reconciler>(&mut self, build: Build<R>)
+    where
+        R::Object: ScopedApi,
+    {
+        let ctx = self.services.ctx.clone();
+        let shared = Arc::new(Shared {
+            driver: Driver::new(build(self.services), ctx.clone(), self.metrics.clone()),
             client: self.client.clone(),
-            events: self.ctx.events.clone(),
-            metrics: self.metrics.clone(),
+            events: ctx.events.clone(),
             resync: self.resync,
-            backoff: Backoff::default(),
             written: std::sync::Mutex::default(),
-        })
+        });
+        let on_synced = self.on_synced.clone();
+        self.running.push(Box::pin(controller::run(
+            shared,
+            self.namespace.clone(),
+            self.stop.wait(),
+            move || on_synced(),
+        )));
     }
 }
 
-/// The reconcilers' view of the cluster.
-async fn context(options: &Options, client: kube::Client) -> anyhow::Result<Context> {
+/// The services, with the cluster's Secrets, Events and objects.
+async fn services(options: &Options, client: kube::Client) -> anyhow::Result<Services> {
     let store = Store::open(&options.state_url).await?;
     let key = AuditKey::load_or_create(&options.audit_key)?;
     let log = AuditLog::open(store.pool(), key).await?;
     let events: Arc<dyn Events> =
         Arc::new(KubeEvents::new(client.clone(), options.instance.clone()));
-    Ok(Context {
-        secrets: Arc::new(KubeSecrets::new(client)),
-        notifier: Arc::new(Deliverer::new(options.delivery_timeout)?),
+    let parts = RuntimeParts {
+        secrets: Arc::new(KubeSecrets::new(client.clone())),
         audit: Arc::new(AuditWithEvents {
             log,
             events: events.clone(),
         }),
         events,
-        now: Timestamp::now,
-    })
+        objects: Objects(Arc::new(KubeObjects::new(client))),
+    };
+    Services::connect(&options.services, parts)
 }
 
 /// The audit log, with each record also an Event on its object, as `kubectl describe` shows.

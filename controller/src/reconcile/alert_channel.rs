@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Applied, Context, Event, EventType, Failure, Requeue, object_ref};
+use super::{Applied, Category, Context, Event, EventType, Failure, Requeue, object_ref};
 use crate::api::alert::{AlertChannel, AlertChannelSpec, AlertChannelStatus, Delivery, Severity};
 use crate::audit::{NewRecord, Outcome};
 use crate::delivery::{Message, MessageKind, Receipt, Target};
@@ -180,9 +180,9 @@ fn apply_delivery(
                 message: message.clone(),
             });
             let reason = match error.category() {
-                "config" => "InvalidSettings",
-                "rejected" => "DeliveryRejected",
-                "timeout" => "DeliveryTimedOut",
+                Category::Config => "InvalidSettings",
+                Category::Rejected => "DeliveryRejected",
+                Category::Timeout => "DeliveryTimedOut",
                 _ => "Unreachable",
             };
             status::set(
@@ -193,7 +193,7 @@ fn apply_delivery(
             );
             // A bad setting waits for a spec change; anything else retries with backoff.
             let requeue = if error.is_retryable() {
-                Requeue::After(retry_delay(status.delivery_failures))
+                Requeue::After(error.category().delay(status.delivery_failures))
             } else {
                 Requeue::OnChange
             };
@@ -207,12 +207,6 @@ fn apply_delivery(
             }
         }
     }
-}
-
-/// Exponential backoff for failed verifications: 5 s doubling to a 10 minute cap.
-fn retry_delay(failures: u32) -> std::time::Duration {
-    let exponent = failures.saturating_sub(1).min(7);
-    std::time::Duration::from_secs((5u64 << exponent).min(600))
 }
 
 async fn record_delivery(
@@ -275,6 +269,8 @@ impl super::Reconciler for AlertChannels {
     const CONTROLLER: &'static str = CONTROLLER;
     // A channel owns nothing outside its object: deleting it needs no cleanup.
     const FINALIZER: Option<&'static str> = None;
+    // Secrets hold URLs, tokens and passwords.
+    const RBAC: &'static [crate::runtime::rbac::Rule] = &[crate::runtime::rbac::Rule::secrets()];
 
     fn status(object: &AlertChannel) -> Option<&AlertChannelStatus> {
         object.status.as_ref()

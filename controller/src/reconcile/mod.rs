@@ -20,6 +20,9 @@ use jiff::Timestamp;
 
 use crate::audit::{AuditLog, NewRecord, ObjectRef};
 use crate::delivery::Notifier;
+pub use crate::retry::Category;
+pub use crate::runtime::objects::Relation;
+pub use crate::runtime::rbac::Rule;
 use crate::secrets::SecretSource;
 
 /// The outside world as reconcilers see it.
@@ -111,8 +114,8 @@ pub struct Applied<S> {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Failure {
-    /// Low cardinality: `secret`, `unreachable`, `rejected`, `timeout`, `config`.
-    pub category: &'static str,
+    /// What kind of cause: keys the backoff and the metrics.
+    pub category: Category,
     pub message: String,
 }
 
@@ -157,4 +160,15 @@ pub trait Reconciler: Send + Sync + 'static {
     fn triggers(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>> {
         None
     }
+
+    /// Other kinds whose changes concern objects of this kind ("reconcile a policy when one of
+    /// its runs changes"). Both runtimes honour them.
+    fn relations() -> Vec<Relation> {
+        Vec::new()
+    }
+
+    /// The API requests this reconciler makes beyond reading its own kind and writing its
+    /// status (and its finalizer, when it has one), which every controller is granted: they
+    /// make the operator's ClusterRole (`infrapilot rbac`).
+    const RBAC: &'static [Rule] = &[];
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::{Applied, Context, Failure, Reconciler, Requeue, object_ref};
+use super::{Applied, Category, Context, Failure, Reconciler, Requeue, object_ref};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::proxy::{
@@ -51,11 +51,15 @@ impl std::fmt::Debug for Proxies {
 }
 
 impl Proxies {
-    pub fn new(docker: Arc<dyn Docker>, edge: Arc<dyn EdgeApi>) -> Self {
+    pub fn new(
+        docker: Arc<dyn Docker>,
+        edge: Arc<dyn EdgeApi>,
+        issuer: Arc<dyn acme::Issuer>,
+    ) -> Self {
         Self {
             docker,
             edge,
-            issuer: Arc::new(acme::AcmeIssuer),
+            issuer,
             watches: Arc::default(),
             pending_follow: Mutex::default(),
             networks: Mutex::default(),
@@ -157,13 +161,10 @@ fn renewal_time(certificate: &certificate::Certificate) -> jiff::Timestamp {
         .unwrap_or(certificate.not_after)
 }
 
-/// The wait after `failures` failed issuances: 30 s doubling to 6 hours (ACME servers limit
-/// failed validations per hour).
+/// The wait after `failures` failed issuances (see [`Category::Acme`]'s schedule).
 fn issuance_backoff(failures: u32) -> jiff::SignedDuration {
-    let seconds = 30i64
-        .saturating_mul(1 << failures.saturating_sub(1).min(12))
-        .min(6 * 3600);
-    jiff::SignedDuration::from_secs(seconds)
+    jiff::SignedDuration::try_from(Category::Acme.delay(failures))
+        .unwrap_or(jiff::SignedDuration::MAX)
 }
 
 /// The certificate and key among a Proxy's files.
@@ -224,7 +225,7 @@ fn not_ready(
     mut status: ProxyStatus,
     reason: &str,
     message: String,
-    category: &'static str,
+    category: Category,
     requeue: Requeue,
     generation: Option<i64>,
     now: jiff::Timestamp,
@@ -249,6 +250,8 @@ impl Reconciler for Proxies {
 
     const CONTROLLER: &'static str = CONTROLLER;
     const FINALIZER: Option<&'static str> = Some(FINALIZER);
+    // TLS certificates from Secrets.
+    const RBAC: &'static [crate::runtime::rbac::Rule] = &[crate::runtime::rbac::Rule::secrets()];
 
     fn status(object: &Proxy) -> Option<&ProxyStatus> {
         object.status.as_ref()
@@ -293,7 +296,7 @@ impl Reconciler for Proxies {
                     status,
                     "InvalidSpec",
                     error.to_string(),
-                    "config",
+                    Category::Config,
                     Requeue::OnChange,
                 );
             }
@@ -306,7 +309,7 @@ impl Reconciler for Proxies {
                     status,
                     "InvalidSpec",
                     message.join("; "),
-                    "config",
+                    Category::Config,
                     Requeue::OnChange,
                 );
             }
@@ -338,7 +341,7 @@ impl Reconciler for Proxies {
                         status,
                         "InvalidCertificate",
                         format!("Secret {namespace}/{secret}: {error}"),
-                        "config",
+                        Category::Config,
                         Requeue::After(RECHECK),
                     );
                 }
@@ -377,7 +380,7 @@ impl Reconciler for Proxies {
                         status,
                         refusal.reason(),
                         refusal.to_string(),
-                        "upstream",
+                        Category::Upstream,
                         Requeue::OnChange,
                     );
                 }
@@ -532,7 +535,7 @@ impl Reconciler for Proxies {
                                         "the certificate could not be issued (attempt {}): {error}",
                                         record.failed_issuance_attempts
                                     ),
-                                    "acme",
+                                    Category::Acme,
                                     Requeue::After(Duration::try_from(retry).unwrap_or(RECHECK)),
                                 );
                             }
@@ -546,7 +549,7 @@ impl Reconciler for Proxies {
                     status,
                     "IssuanceFailed",
                     "waiting to retry the issuance".to_owned(),
-                    "acme",
+                    Category::Acme,
                     Requeue::After(RECHECK),
                 );
             }
@@ -595,7 +598,7 @@ impl Reconciler for Proxies {
                 format!(
                     "nginx rejected the configuration (the previous one keeps serving): {message}"
                 ),
-                "rejected",
+                Category::Rejected,
                 Requeue::OnChange,
             ),
             Ok(Served::Serving) => {

@@ -4,9 +4,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Audit, Context, Event, Events};
+use super::{Audit, Context, Event, Events, Failure};
+use crate::api::Kind;
 use crate::audit::{NewRecord, ObjectRef};
 use crate::delivery::{DeliveryError, Message, Notifier, Receipt, Target};
+use crate::runtime::objects::{ObjectStore, Objects, Selector, Typed};
 use crate::secrets::SecretMap;
 
 #[derive(Default)]
@@ -62,5 +64,98 @@ pub fn context(recorder: &Arc<Recorder>, secrets: SecretMap) -> Context {
         audit: recorder.clone(),
         events: recorder.clone(),
         now: fixed_now,
+    }
+}
+
+/// Objects of every kind in memory, as the runtimes' object stores keep them. Objects it creates
+/// get `creationTimestamp` [`fixed_now`], as an API server would stamp them.
+#[derive(Default)]
+pub struct MemoryObjects {
+    objects: Mutex<std::collections::BTreeMap<(Kind, String, String), serde_json::Value>>,
+}
+
+impl MemoryObjects {
+    pub fn with<K: Typed>(objects: impl IntoIterator<Item = K>) -> Self {
+        let memory = Self::default();
+        for object in objects {
+            memory.put(&object);
+        }
+        memory
+    }
+
+    /// Stores `object` as it is (status included), replacing one of that name.
+    pub fn put<K: Typed>(&self, object: &K) {
+        let meta = object.meta();
+        let key = (
+            K::kind_of(),
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        );
+        let value = serde_json::to_value(object).unwrap();
+        self.objects.lock().unwrap().insert(key, value);
+    }
+
+    /// Every object of kind `K`, by namespace and name.
+    pub fn all<K: Typed>(&self) -> Vec<K> {
+        self.objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((kind, _, _), _)| *kind == K::kind_of())
+            .map(|(_, value)| serde_json::from_value(value.clone()).unwrap())
+            .collect()
+    }
+
+    pub fn port(self: &Arc<Self>) -> Objects {
+        Objects(self.clone())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for MemoryObjects {
+    async fn get(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<serde_json::Value>, Failure> {
+        let key = (kind, namespace.to_owned(), name.to_owned());
+        Ok(self.objects.lock().unwrap().get(&key).cloned())
+    }
+
+    async fn list(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        selector: &Selector,
+    ) -> Result<Vec<serde_json::Value>, Failure> {
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((k, ns, _), value)| *k == kind && ns == namespace && selector.matches(value))
+            .map(|(_, value)| value.clone())
+            .collect())
+    }
+
+    async fn create(&self, kind: Kind, mut object: serde_json::Value) -> Result<(), Failure> {
+        let text = |pointer: &str| {
+            object
+                .pointer(pointer)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let key = (kind, text("/metadata/namespace"), text("/metadata/name"));
+        object["metadata"]["creationTimestamp"] = fixed_now().to_string().into();
+        self.objects.lock().unwrap().entry(key).or_insert(object);
+        Ok(())
+    }
+
+    async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), Failure> {
+        let key = (kind, namespace.to_owned(), name.to_owned());
+        self.objects.lock().unwrap().remove(&key);
+        Ok(())
     }
 }

@@ -1,17 +1,17 @@
-//! The backup reconcilers' view of the other objects, in the state database: what the API
-//! server gives them in Kubernetes mode.
+//! Other objects as reconcilers see them ([`crate::runtime::objects`]), in the state database:
+//! what the API server gives them in Kubernetes mode.
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::store::Store;
 use super::sync::{Change, Key, OPERATOR_MADE};
-use crate::api::alert::AlertChannel;
-use crate::api::backup::{BackupValidationPolicy, BackupValidationRun};
+use crate::api::Kind;
 use crate::reconcile::Failure;
-use crate::reconcile::backup::BackupObjects;
+use crate::retry::Category;
+use crate::runtime::objects::{ObjectStore, Selector};
 
 /// Objects in the store. Objects it creates or deletes are sent to `changed` so that the
 /// runtime reconciles them.
@@ -23,70 +23,60 @@ pub struct StoreObjects {
 
 fn failure(error: anyhow::Error) -> Failure {
     Failure {
-        category: "state",
+        category: Category::State,
         message: format!("the state database: {error:#}"),
     }
 }
 
-fn key(kind: &str, namespace: &str, name: &str) -> Key {
+fn key(kind: Kind, namespace: &str, name: &str) -> Key {
     Key {
-        kind: kind.to_owned(),
+        kind: kind.name().to_owned(),
         namespace: namespace.to_owned(),
         name: name.to_owned(),
     }
 }
 
-impl StoreObjects {
-    /// The live (not being deleted) object of `key`, if it can be read.
-    async fn get<K: DeserializeOwned>(&self, key: &Key) -> Result<Option<K>, Failure> {
-        let stored = self.store.get(key).await.map_err(failure)?;
-        Ok(stored
-            .filter(|o| !o.deleting)
-            .and_then(|o| serde_json::from_value(o.full()).ok()))
-    }
-}
-
 #[async_trait]
-impl BackupObjects for StoreObjects {
-    async fn policy(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<BackupValidationPolicy>, Failure> {
-        self.get(&key("BackupValidationPolicy", namespace, name))
-            .await
-    }
-
-    async fn runs(
-        &self,
-        namespace: &str,
-        policy: &str,
-    ) -> Result<Vec<BackupValidationRun>, Failure> {
+impl ObjectStore for StoreObjects {
+    async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Value>, Failure> {
         let stored = self
             .store
-            .list(Some("BackupValidationRun"), Some(namespace))
+            .get(&key(kind, namespace, name))
+            .await
+            .map_err(failure)?;
+        Ok(stored.filter(|o| !o.deleting).map(|o| o.full()))
+    }
+
+    async fn list(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        selector: &Selector,
+    ) -> Result<Vec<Value>, Failure> {
+        let stored = self
+            .store
+            .list(Some(kind.name()), Some(namespace))
             .await
             .map_err(failure)?;
         Ok(stored
             .into_iter()
             .filter(|o| !o.deleting)
-            .filter_map(|o| serde_json::from_value::<BackupValidationRun>(o.full()).ok())
-            .filter(|run| run.spec.policy_ref.name == policy)
+            .map(|o| o.full())
+            .filter(|o| selector.matches(o))
             .collect())
     }
 
-    async fn create_run(&self, run: &BackupValidationRun) -> Result<(), Failure> {
-        let namespace = run.metadata.namespace.clone().unwrap_or_default();
-        let name = run.metadata.name.clone().unwrap_or_default();
-        let key = key("BackupValidationRun", &namespace, &name);
+    async fn create(&self, kind: Kind, object: Value) -> Result<(), Failure> {
+        let text = |pointer: &str| {
+            object
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let key = key(kind, &text("/metadata/namespace"), &text("/metadata/name"));
         if self.store.get(&key).await.map_err(failure)?.is_some() {
             return Ok(());
-        }
-        let mut object = serde_json::to_value(run).map_err(|e| failure(e.into()))?;
-        if let Some(map) = object.as_object_mut() {
-            map.insert("apiVersion".to_owned(), "infrapilot.io/v1alpha1".into());
-            map.insert("kind".to_owned(), "BackupValidationRun".into());
-            map.remove("status");
         }
         let change = Change::Create {
             key: key.clone(),
@@ -103,8 +93,8 @@ impl BackupObjects for StoreObjects {
         Ok(())
     }
 
-    async fn delete_run(&self, namespace: &str, name: &str) -> Result<(), Failure> {
-        let key = key("BackupValidationRun", namespace, name);
+    async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), Failure> {
+        let key = key(kind, namespace, name);
         match self.store.get(&key).await.map_err(failure)? {
             Some(stored) if !stored.deleting => {
                 self.store
@@ -116,9 +106,5 @@ impl BackupObjects for StoreObjects {
             _ => {}
         }
         Ok(())
-    }
-
-    async fn channel(&self, namespace: &str, name: &str) -> Result<Option<AlertChannel>, Failure> {
-        self.get(&key("AlertChannel", namespace, name)).await
     }
 }

@@ -26,14 +26,14 @@ use super::store::{Store, StoredObject};
 use super::sync::{self, Change, Key, Scanned};
 use crate::api::Kind;
 use crate::audit::{AuditKey, AuditLog, ObjectRef};
-use crate::backup::engine::postgres::Postgres;
-use crate::delivery::Deliverer;
-use crate::edge::{Edge, EdgeOptions};
+use crate::kubernetes::controller::ScopedApi;
 use crate::manifest::{self, Object, Outcome, Problem};
-use crate::reconcile::alert_channel::AlertChannels;
-use crate::reconcile::backup::{self as backup_reconcile, BackupPolicies, BackupRuns};
-use crate::reconcile::proxy::Proxies;
-use crate::reconcile::{Context, Event, Events, Reconciler, Requeue};
+use crate::reconcile::{Event, Events, Failure, Reconciler, Relation};
+use crate::retry::{Backoff, Category};
+use crate::runtime::driver::{Driver, Next, StatusWriter};
+use crate::runtime::objects::Objects;
+use crate::runtime::registry::{self, Build, Register};
+use crate::runtime::services::{RuntimeParts, ServiceOptions, Services};
 use crate::secrets::{SecretMap, Secrets};
 use crate::telemetry::{self, Health, Metrics};
 
@@ -48,16 +48,10 @@ pub struct Options {
     pub audit_key: PathBuf,
     /// How often every object is reconciled even when nothing changed.
     pub resync: Duration,
-    /// How long one notification delivery may take.
-    pub delivery_timeout: Duration,
     /// Where to serve /livez, /readyz and /metrics, if anywhere.
     pub probe_address: Option<std::net::SocketAddr>,
-    /// How the edge nginx container is run.
-    pub edge: EdgeOptions,
-    /// Where backup validation reports are written.
-    pub reports: PathBuf,
-    /// How many backup validations run at once.
-    pub max_restores: usize,
+    /// The edge, reports, deliveries.
+    pub services: ServiceOptions,
 }
 
 /// How many objects are reconciled at once. Proxies wait on the edge, which batches what
@@ -77,14 +71,20 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
     let key = AuditKey::load_or_create(&options.audit_key)?;
     let audit = AuditLog::open(store.pool(), key).await?;
     let secrets = Arc::new(SecretMap::default());
-    let ctx = Context {
+    // Objects to reconcile because something other than the manifests changed them: a
+    // reconciler created or deleted an object, an object they relate to changed, or an
+    // outside system (Docker, a finished restore) has news about one.
+    let (keys_tx, mut keys_rx) = unbounded_channel::<Key>();
+    let parts = RuntimeParts {
         secrets: secrets.clone(),
-        notifier: Arc::new(Deliverer::new(options.delivery_timeout)?),
-        audit: Arc::new(audit),
         events: Arc::new(StoreEvents {
             store: store.clone(),
         }),
-        now: Timestamp::now,
+        audit: Arc::new(audit),
+        objects: Objects(Arc::new(StoreObjects {
+            store: store.clone(),
+            changed: keys_tx.clone(),
+        })),
     };
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new("reading the manifests"));
@@ -101,37 +101,22 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         }
         None => None,
     };
-    let engine = crate::docker::Engine::connect()?;
-    let restore = Arc::new(Postgres::from_engine(&engine));
-    let docker: Arc<dyn crate::docker::Docker> = Arc::new(engine);
-    // Objects to reconcile because something other than the manifests changed them: a
-    // reconciler created or deleted an object, or an outside system (Docker, a finished
-    // restore) has news about one.
-    let (keys_tx, mut keys_rx) = unbounded_channel::<Key>();
-    let objects = Arc::new(StoreObjects {
+    let services = Services::connect(&options.services, parts)?;
+    let mut controllers = Controllers {
+        services: &services,
+        metrics: metrics.clone(),
         store: store.clone(),
-        changed: keys_tx.clone(),
-    });
-    let (backup_policies, backup_runs) = backup_reconcile::reconcilers(
-        objects,
-        restore,
-        options.reports.clone(),
-        options.max_restores,
-    );
-    let edge = Arc::new(Edge::start(
-        docker.clone(),
-        options.edge.clone(),
-        ctx.audit.clone(),
-    ));
+        keys: keys_tx.clone(),
+        kinds: BTreeMap::new(),
+        relations: Vec::new(),
+    };
+    registry::register(&mut controllers);
     let workers = Arc::new(Workers {
         store: store.clone(),
-        ctx,
-        metrics,
-        alert_channels: AlertChannels,
-        proxies: Proxies::new(docker, edge),
-        backup_policies,
-        backup_runs,
+        kinds: controllers.kinds,
+        relations: controllers.relations,
         keys: keys_tx.clone(),
+        state_backoff: Backoff::default(),
     });
     let mut runtime = Runtime {
         workers,
@@ -145,20 +130,6 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         secrets_seen: None,
     };
 
-    // Proxies come back when their containers change (Docker events), policies when one of
-    // their runs ends, runs when their restore has news.
-    let workers = &runtime.workers;
-    forward(workers.proxies.triggers(), Kind::Proxy, &keys_tx);
-    forward(
-        workers.backup_policies.triggers(),
-        Kind::BackupValidationPolicy,
-        &keys_tx,
-    );
-    forward(
-        workers.backup_runs.triggers(),
-        Kind::BackupValidationRun,
-        &keys_tx,
-    );
     let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let _watcher = watch(&options.manifests, changed_tx)?;
 
@@ -217,11 +188,14 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
                 };
                 runtime.running.remove(&key);
                 match result {
-                    Ok(Some(delay)) => runtime.queue.at(key, Instant::now() + delay),
-                    Ok(None) => {}
+                    Ok(Next::After(delay)) => runtime.queue.at(key, Instant::now() + delay),
+                    Ok(Next::OnChange) => {}
                     Err(error) => {
-                        error!(object = %key, "reconcile failed: {error:#}");
-                        runtime.queue.at(key, Instant::now() + Duration::from_secs(30));
+                        // The state database failed around the reconcile: retried on its
+                        // backoff, like any failure.
+                        let delay = runtime.workers.state_backoff.next(&key.to_string(), Category::State);
+                        error!(object = %key, retry_in = ?delay, "reconcile failed: {error:#}");
+                        runtime.queue.at(key, Instant::now() + delay);
                     }
                 }
             }
@@ -242,7 +216,7 @@ struct Runtime {
     workers: Arc<Workers>,
     /// Objects being reconciled now: each at most once at a time.
     running: BTreeSet<Key>,
-    tasks: tokio::task::JoinSet<(Key, anyhow::Result<Option<Duration>>)>,
+    tasks: tokio::task::JoinSet<(Key, anyhow::Result<Next>)>,
     store: Store,
     secrets: Arc<SecretMap>,
     manifests: Vec<PathBuf>,
@@ -415,26 +389,63 @@ impl Runtime {
     }
 }
 
+/// Builds the standalone side of every registered reconciler.
+struct Controllers<'a> {
+    services: &'a Services,
+    metrics: Arc<Metrics>,
+    store: Store,
+    keys: UnboundedSender<Key>,
+    kinds: BTreeMap<Kind, Arc<dyn Dispatch>>,
+    relations: Vec<(Kind, Relation)>,
+}
+
+impl Register for Controllers<'_> {
+    fn add<R: Reconciler>(&mut self, build: Build<R>)
+    where
+        R::Object: ScopedApi,
+    {
+        let Some(kind) = Kind::from_name(&<R::Object as kube::Resource>::kind(&())) else {
+            return;
+        };
+        let reconciler = build(self.services);
+        // Objects come back when an outside system has news of them (a Proxy's container, a
+        // run's restore).
+        forward(reconciler.triggers(), kind, &self.keys);
+        self.relations
+            .extend(R::relations().into_iter().map(|relation| (kind, relation)));
+        let driver = Driver::new(reconciler, self.services.ctx.clone(), self.metrics.clone());
+        self.kinds.insert(
+            kind,
+            Arc::new(Controller {
+                driver,
+                store: self.store.clone(),
+            }),
+        );
+    }
+}
+
 /// What reconciles share; they run concurrently, each on its own object.
 struct Workers {
     store: Store,
-    ctx: Context,
-    metrics: Arc<Metrics>,
-    alert_channels: AlertChannels,
-    proxies: Proxies,
-    backup_policies: BackupPolicies,
-    backup_runs: BackupRuns,
-    /// Objects to queue: here, the dependents of a deleted object.
+    /// The controller of each kind that has one.
+    kinds: BTreeMap<Kind, Arc<dyn Dispatch>>,
+    /// (the kind to reconcile, when an object of `relation.from` changes).
+    relations: Vec<(Kind, Relation)>,
+    /// Objects to queue: the dependents of a deleted object, related objects.
     keys: UnboundedSender<Key>,
+    /// Failures of the state database around a reconcile, per object.
+    state_backoff: Backoff,
 }
 
 impl Workers {
     /// Ends an object's deletion, and starts its dependents' (objects whose ownerReferences
     /// name it, a policy's runs), as Kubernetes' garbage collector does.
-    async fn forget(&self, key: &Key, uid: &str) -> anyhow::Result<()> {
-        self.store.forget(key, uid).await?;
+    async fn forget(&self, object: &StoredObject) -> anyhow::Result<()> {
+        let key = &object.key;
+        self.store.forget(key, &object.uid).await?;
         info!(object = %key, "deletion finished");
-        for dependent in self.store.dependents(&key.namespace, uid).await? {
+        self.changed(object);
+        for dependent in self.store.dependents(&key.namespace, &object.uid).await? {
             self.store
                 .apply(
                     &Change::Delete {
@@ -449,91 +460,127 @@ impl Workers {
         Ok(())
     }
 
-    /// Reconciles one object; returns when to look at it again.
-    async fn reconcile(&self, key: &Key) -> anyhow::Result<Option<Duration>> {
-        let Some(object) = self.store.get(key).await? else {
-            return Ok(None);
+    /// Queues the objects that relate to `object`, which changed.
+    fn changed(&self, object: &StoredObject) {
+        let Some(from) = Kind::from_name(&object.key.kind) else {
+            return;
         };
-        match Kind::from_name(&key.kind) {
-            Some(Kind::AlertChannel) => {
-                self.reconcile_with(&self.alert_channels, key, object).await
-            }
-            Some(Kind::Proxy) => self.reconcile_with(&self.proxies, key, object).await,
-            Some(Kind::BackupValidationPolicy) => {
-                self.reconcile_with(&self.backup_policies, key, object)
-                    .await
-            }
-            Some(Kind::BackupValidationRun) => {
-                self.reconcile_with(&self.backup_runs, key, object).await
-            }
-            // The reconcilers of the other kinds land with their own issues; until then their
-            // objects are stored and shown, and left alone.
-            _ => {
-                if object.deleting {
-                    self.forget(key, &object.uid).await?;
-                }
-                Ok(None)
+        let full = object.full();
+        for (kind, relation) in self.relations.iter().filter(|(_, r)| r.from == from) {
+            for (namespace, name) in (relation.map)(&full) {
+                let _ = self.keys.send(Key {
+                    kind: kind.name().to_owned(),
+                    namespace,
+                    name,
+                });
             }
         }
     }
 
-    async fn reconcile_with<R: Reconciler>(
-        &self,
-        reconciler: &R,
-        key: &Key,
-        object: StoredObject,
-    ) -> anyhow::Result<Option<Duration>> {
+    /// Reconciles one object; returns when to look at it again.
+    async fn reconcile(&self, key: &Key) -> anyhow::Result<Next> {
+        let Some(object) = self.store.get(key).await? else {
+            return Ok(Next::OnChange);
+        };
+        match Kind::from_name(&key.kind).and_then(|kind| self.kinds.get(&kind)) {
+            Some(controller) => controller.reconcile(self, object).await,
+            // The reconcilers of the other kinds land with their own issues; until then their
+            // objects are stored and shown, and left alone.
+            None => {
+                if object.deleting {
+                    self.forget(&object).await?;
+                }
+                Ok(Next::OnChange)
+            }
+        }
+    }
+}
+
+/// One kind's reconciler behind a type-erased face, so that [`Workers`] can hold them all.
+#[async_trait]
+trait Dispatch: Send + Sync {
+    async fn reconcile(&self, workers: &Workers, object: StoredObject) -> anyhow::Result<Next>;
+}
+
+struct Controller<R: Reconciler> {
+    driver: Driver<R>,
+    store: Store,
+}
+
+#[async_trait]
+impl<R: Reconciler> Dispatch for Controller<R> {
+    async fn reconcile(&self, workers: &Workers, object: StoredObject) -> anyhow::Result<Next> {
+        let key = &object.key;
         let parsed: R::Object = match serde_json::from_value(object.full()) {
             Ok(parsed) => parsed,
             Err(error) if object.deleting => {
                 // Nothing can be cleaned up for an object this version cannot read.
                 warn!(object = %key, "deleting an object that cannot be read: {error}");
-                self.forget(key, &object.uid).await?;
-                return Ok(None);
+                workers.forget(&object).await?;
+                return Ok(Next::OnChange);
             }
             Err(error) => {
                 // Checked when read, so only a store written by another version gets here; it
                 // waits for its manifest to change.
                 error!(object = %key, "the stored object cannot be read: {error}");
-                return Ok(None);
+                return Ok(Next::OnChange);
             }
         };
         if object.deleting {
             if R::FINALIZER.is_some()
-                && let Err(failure) = reconciler.cleanup(&parsed, &self.ctx).await
+                && let Err(failure) = self.driver.cleanup(&parsed).await
             {
-                warn!(object = %key, category = failure.category, "cleanup failed, retrying: {}", failure.message);
-                return Ok(Some(Duration::from_secs(10)));
+                return Ok(Next::After(
+                    self.driver.retry_in(&object.uid, failure.category),
+                ));
             }
-            self.forget(key, &object.uid).await?;
-            return Ok(None);
+            workers.forget(&object).await?;
+            return Ok(Next::OnChange);
         }
-        let started = Instant::now();
-        let applied = reconciler.reconcile(&parsed, &self.ctx).await;
-        self.metrics.reconciled(
-            R::CONTROLLER,
-            started.elapsed(),
-            applied.failure.as_ref().map(|f| f.category),
-        );
-        let status = serde_json::to_value(&applied.status)?;
-        if self.store.write_status(key, &object.uid, &status).await? {
-            let ready = status["conditions"]
-                .as_array()
-                .and_then(|c| c.iter().find(|c| c["type"] == crate::status::READY));
-            info!(
-                object = %key,
-                ready = ready.and_then(|c| c["status"].as_str()).unwrap_or("Unknown"),
-                reason = ready.and_then(|c| c["reason"].as_str()).unwrap_or(""),
-                "status updated"
-            );
+        let writer = StoreStatus {
+            store: &self.store,
+            object: &object,
+            workers,
+        };
+        let reconciled = self
+            .driver
+            .reconcile(&parsed, R::status(&parsed), &writer)
+            .await;
+        Ok(reconciled.next)
+    }
+}
+
+/// Status in the state database. A written status is a change its related objects hear of.
+struct StoreStatus<'a> {
+    store: &'a Store,
+    object: &'a StoredObject,
+    workers: &'a Workers,
+}
+
+#[async_trait]
+impl<R: Reconciler> StatusWriter<R> for StoreStatus<'_> {
+    async fn write(
+        &self,
+        _object: &R::Object,
+        _current: Option<&R::Status>,
+        status: &R::Status,
+    ) -> Result<bool, Failure> {
+        let failure = |error: anyhow::Error| Failure {
+            category: Category::State,
+            message: format!("cannot store the status: {error:#}"),
+        };
+        let value = serde_json::to_value(status).map_err(|e| failure(e.into()))?;
+        let written = self
+            .store
+            .write_status(&self.object.key, &self.object.uid, &value)
+            .await
+            .map_err(failure)?;
+        if written {
+            let mut changed = self.object.clone();
+            changed.status = Some(value);
+            self.workers.changed(&changed);
         }
-        if let Some(failure) = &applied.failure {
-            warn!(object = %key, category = failure.category, "{}", failure.message);
-        }
-        Ok(match applied.requeue {
-            Requeue::After(delay) => Some(delay),
-            Requeue::OnChange => None,
-        })
+        Ok(written)
     }
 }
 

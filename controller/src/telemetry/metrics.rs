@@ -81,7 +81,7 @@ impl Metrics {
         &self,
         controller: &'static str,
         took: Duration,
-        failure: Option<&'static str>,
+        failure: Option<crate::retry::Category>,
     ) {
         let labels = ControllerLabels { controller };
         self.reconciles.get_or_create(&labels).inc();
@@ -92,7 +92,7 @@ impl Metrics {
             self.failures
                 .get_or_create(&FailureLabels {
                     controller,
-                    category,
+                    category: category.as_str(),
                 })
                 .inc();
         }
@@ -122,7 +122,7 @@ mod tests {
         metrics.reconciled(
             "alertchannel",
             Duration::from_millis(20),
-            Some("unreachable"),
+            Some(crate::retry::Category::Unreachable),
         );
         metrics.set_leader(true);
         let text = metrics.encode();

@@ -122,7 +122,11 @@ async fn a_closed_port_is_unreachable_for_webhooks_and_smtp() {
         .deliver(&webhook, &message("x"))
         .await
         .unwrap_err();
-    assert_eq!(error.category(), "unreachable", "{error}");
+    assert_eq!(
+        error.category(),
+        infrapilot::retry::Category::Unreachable,
+        "{error}"
+    );
     assert!(
         error
             .to_string()
@@ -140,6 +144,10 @@ async fn a_closed_port_is_unreachable_for_webhooks_and_smtp() {
         credentials: Some(("user".to_owned(), "hunter2".to_owned())),
     });
     let error = deliverer().deliver(&smtp, &message("x")).await.unwrap_err();
-    assert_eq!(error.category(), "unreachable", "{error}");
+    assert_eq!(
+        error.category(),
+        infrapilot::retry::Category::Unreachable,
+        "{error}"
+    );
     assert!(!error.to_string().contains("hunter2"), "{error}");
 }

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use infrapilot::runtime::rbac;
 use infrapilot_e2e::{env, operator};
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -140,6 +141,24 @@ async fn kustomize_and_the_chart_render_valid_objects_with_the_same_rbac() {
             find(&kustomized, kind)["rules"],
             find(&charted, kind)["rules"],
             "the {kind} rules of config/rbac and the chart differ"
+        );
+    }
+    // Exactly the rules the registered controllers declare (`infrapilot rbac`).
+    let declared = rbac::grants(&rbac::cluster_rules());
+    for docs in [&kustomized, &charted] {
+        let rules: Vec<rbac::PolicyRule> =
+            serde_json::from_value(find(docs, "ClusterRole")["rules"].clone())
+                .expect("ClusterRole rules");
+        let granted = rbac::grants(&rules);
+        assert_eq!(
+            granted.difference(&declared).collect::<Vec<_>>(),
+            Vec::<&(String, String, String, String)>::new(),
+            "granted but not declared by any registered controller"
+        );
+        assert_eq!(
+            declared.difference(&granted).collect::<Vec<_>>(),
+            Vec::<&(String, String, String, String)>::new(),
+            "declared by a registered controller but not granted"
         );
     }
     let cluster_rules = find(&charted, "ClusterRole")["rules"].to_string();

@@ -542,3 +542,57 @@ async fn a_backup_policy_creates_an_owned_run_that_restores_and_reports_in_the_c
     .await;
     operator.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_failing_channel_backs_off_while_its_neighbour_is_verified_and_a_spec_change_is_taken_at_once()
+ {
+    let (emulator, client, hook) = cluster().await;
+    let failing = WebhookServer::start().await.expect("a second receiver");
+    failing.respond_with(500);
+    let operator = start_replica(&emulator, "backoff");
+    let api = channels(client.clone());
+    for (name, url) in [("broken", failing.url("/down")), ("ops", hook.url("/up"))] {
+        let channel: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertChannel",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"webhook": {"url": url}, "verify": true},
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &channel).await.unwrap();
+    }
+
+    // The neighbour is verified; the failing channel's first attempt arrives (so the count
+    // below could see a retry loop), and its failure is in its status.
+    let (status, reason) = wait_ready(&api, "ops", &[&operator]).await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Verified"));
+    let first = failing.wait_for_requests(1, Duration::from_secs(30)).await;
+    let started = std::time::Instant::now();
+    let (status, reason) = wait_ready(&api, "broken", &[&operator]).await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DeliveryRejected")
+    );
+
+    // Each failed attempt writes status, which comes back as a watch event; that must not
+    // start another attempt ahead of the backoff (15 s after a rejection, then 30 s).
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(started.elapsed())).await;
+    let attempts = failing.requests().len();
+    assert!(
+        attempts <= 3,
+        "{attempts} attempts within 10 s (first at {:?}); operator log:\n{}",
+        first[0].path,
+        operator.log()
+    );
+    assert_eq!(hook.requests().len(), 1, "the neighbour was verified once");
+
+    // A spec change is a new generation: taken at once, not after the backoff.
+    let change = json!({"spec": {"webhook": {"method": "PUT"}}});
+    api.patch("broken", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .unwrap();
+    let requests = failing
+        .wait_for_requests(attempts + 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(requests[attempts].method, "PUT");
+    operator.stop().await.unwrap();
+}

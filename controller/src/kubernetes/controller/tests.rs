@@ -9,7 +9,9 @@ use crate::api::alert::{AlertChannel, AlertChannelStatus};
 use crate::kubernetes::mock::{ApiServer, Reply};
 use crate::reconcile::alert_channel::AlertChannels;
 use crate::reconcile::tests_support::{Recorder, context};
+use crate::reconcile::{Applied, Context, Requeue};
 use crate::secrets::SecretMap;
+use crate::telemetry::Metrics;
 
 const OBJECT: &str = "/apis/infrapilot.io/v1alpha1/namespaces/default/alertchannels/ops";
 
@@ -30,13 +32,14 @@ fn shared<R: Reconciler>(
     recorder: &Arc<Recorder>,
 ) -> Arc<Shared<R>> {
     Arc::new(Shared {
-        reconciler,
-        ctx: context(recorder, SecretMap::default()),
+        driver: Driver::new(
+            reconciler,
+            context(recorder, SecretMap::default()),
+            Arc::new(Metrics::new()),
+        ),
         client,
         events: recorder.clone(),
-        metrics: Arc::new(Metrics::new()),
         resync: Duration::from_secs(600),
-        backoff: Backoff::default(),
         written: Mutex::default(),
     })
 }
@@ -136,7 +139,10 @@ async fn the_finalizer_is_added_before_anything_is_done() {
     let action = reconcile(guard(channel()), shared.clone()).await.unwrap();
     // The patch is a change: the watch brings the object back, and then it is reconciled.
     assert_eq!(action, Action::await_change());
-    assert_eq!(shared.reconciler.reconciles.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        shared.driver.reconciler.reconciles.load(Ordering::SeqCst),
+        0
+    );
     task.await.unwrap();
 }
 
@@ -161,8 +167,11 @@ async fn a_deleted_object_is_cleaned_up_then_its_finalizer_removed() {
     let recorder = Arc::new(Recorder::default());
     let shared = shared(Guarded::default(), client, &recorder);
     reconcile(guard(deleted), shared.clone()).await.unwrap();
-    assert_eq!(shared.reconciler.cleanups.load(Ordering::SeqCst), 1);
-    assert_eq!(shared.reconciler.reconciles.load(Ordering::SeqCst), 0);
+    assert_eq!(shared.driver.reconciler.cleanups.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        shared.driver.reconciler.reconciles.load(Ordering::SeqCst),
+        0
+    );
     task.await.unwrap();
 }
 
@@ -204,23 +213,13 @@ async fn an_unreadable_object_gets_a_condition_and_an_event_once() {
     let events = recorder.events.lock().unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].reason, "InvalidSpec");
-    assert!(shared.metrics.encode().contains("category=\"invalid\"} 2"));
-}
-
-#[test]
-fn backoff_starts_by_category_doubles_and_is_capped() {
-    assert_eq!(backoff_delay("kubernetes", 1), Duration::from_secs(1));
-    assert_eq!(backoff_delay("kubernetes", 3), Duration::from_secs(4));
-    assert_eq!(backoff_delay("unreachable", 1), Duration::from_secs(5));
-    assert_eq!(backoff_delay("secret", 2), Duration::from_secs(30));
-    assert_eq!(backoff_delay("secret", 40), Duration::from_secs(600));
-
-    let backoff = Backoff::default();
-    assert_eq!(backoff.next("a", "unreachable"), Duration::from_secs(5));
-    assert_eq!(backoff.next("a", "unreachable"), Duration::from_secs(10));
-    assert_eq!(backoff.next("b", "unreachable"), Duration::from_secs(5));
-    backoff.reset("a");
-    assert_eq!(backoff.next("a", "unreachable"), Duration::from_secs(5));
+    assert!(
+        shared
+            .driver
+            .metrics
+            .encode()
+            .contains("category=\"invalid\"} 2")
+    );
 }
 
 #[tokio::test]

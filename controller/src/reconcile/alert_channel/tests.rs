@@ -96,7 +96,7 @@ async fn a_failed_delivery_makes_the_channel_not_ready_and_retries_with_backoff(
     assert_eq!(first.requeue, Requeue::After(Duration::from_secs(5)));
     assert_eq!(
         first.failure.as_ref().map(|f| f.category),
-        Some("unreachable")
+        Some(Category::Unreachable)
     );
     let message = &first.status.conditions.get("Ready").unwrap().message;
     assert_eq!(
@@ -156,7 +156,9 @@ async fn a_missing_secret_is_reported_and_nothing_is_sent() {
 }
 
 #[test]
-fn the_retry_delay_doubles_up_to_ten_minutes() {
-    let delays: Vec<u64> = (1..=10).map(|n| retry_delay(n).as_secs()).collect();
+fn an_unreachable_endpoint_is_retried_from_five_seconds_doubling_to_ten_minutes() {
+    let delays: Vec<u64> = (1..=10)
+        .map(|n| Category::Unreachable.delay(n).as_secs())
+        .collect();
     assert_eq!(delays, [5, 10, 20, 40, 80, 160, 320, 600, 600, 600]);
 }

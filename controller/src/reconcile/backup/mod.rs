@@ -4,22 +4,17 @@
 //! Runs are objects of their own, owned by their policy (ownerReferences), as Jobs are by
 //! their CronJob: `kubectl get bvr` shows the history, deleting a policy deletes its runs, and
 //! a hand-made run with a `policyRef` is an on-demand validation. The runtimes give the
-//! reconcilers the objects they need through [`BackupObjects`].
+//! reconcilers the objects they need through [`Objects`].
 
 pub mod policy;
 pub mod run;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::UnboundedSender;
 
 use super::{Failure, object_ref};
-use crate::api::alert::AlertChannel;
-use crate::api::backup::{BackupValidationPolicy, BackupValidationRun, RunSummary};
+use crate::api::backup::{BackupValidationRun, RunSummary};
 use crate::audit::{NewRecord, Outcome};
-use crate::backup::engine::RestoreEngine;
+use crate::runtime::objects::{Objects, Selector};
 
 pub use policy::BackupPolicies;
 pub use run::BackupRuns;
@@ -29,40 +24,28 @@ pub const POLICY_LABEL: &str = "infrapilot.io/policy";
 /// The label on throwaway servers: the run they belong to (its uid).
 pub const RUN_LABEL: &str = "infrapilot.io/backup-run";
 
-/// The objects the backup reconcilers read and write besides the one they reconcile.
-#[async_trait]
-pub trait BackupObjects: Send + Sync {
-    async fn policy(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<BackupValidationPolicy>, Failure>;
-    /// Every run whose `policyRef` names `policy`, made by it or by hand.
-    async fn runs(
-        &self,
-        namespace: &str,
-        policy: &str,
-    ) -> Result<Vec<BackupValidationRun>, Failure>;
-    /// Creates a run. One that already exists is fine: a restarted operator may create the
-    /// same scheduled run again, and the name makes it the same run.
-    async fn create_run(&self, run: &BackupValidationRun) -> Result<(), Failure>;
-    /// Deletes a run; a run already gone is fine.
-    async fn delete_run(&self, namespace: &str, name: &str) -> Result<(), Failure>;
-    async fn channel(&self, namespace: &str, name: &str) -> Result<Option<AlertChannel>, Failure>;
+/// The runs whose `policyRef` names `policy`, made by it or by hand (hand-made runs need not
+/// carry the policy's label, so they are matched on the reference).
+async fn runs_of(
+    objects: &Objects,
+    namespace: &str,
+    policy: &str,
+) -> Result<Vec<BackupValidationRun>, Failure> {
+    let runs: Vec<BackupValidationRun> = objects.list(namespace, &Selector::everything()).await?;
+    Ok(runs
+        .into_iter()
+        .filter(|run| run.spec.policy_ref.name == policy)
+        .collect())
 }
 
-/// Both reconcilers, wired to each other: a run that ends brings its policy back. At most
-/// `max_restores` runs climb at once, across policies.
-pub fn reconcilers(
-    objects: Arc<dyn BackupObjects>,
-    engine: Arc<dyn RestoreEngine>,
-    reports: PathBuf,
-    max_restores: usize,
-) -> (BackupPolicies, BackupRuns) {
-    let (policies_tx, policies_rx) = unbounded_channel();
-    let policies = BackupPolicies::new(objects.clone(), reports.clone(), policies_rx);
-    let runs = BackupRuns::new(objects, engine, reports, policies_tx, max_restores);
-    (policies, runs)
+/// A run concerns the policy its `policyRef` names: the policy reconciles when one of its runs
+/// changes (starts, ends, goes).
+fn policy_of_run(run: &serde_json::Value) -> Vec<(String, String)> {
+    let namespace = run["metadata"]["namespace"].as_str().unwrap_or_default();
+    match run["spec"]["policyRef"]["name"].as_str() {
+        Some(policy) => vec![(namespace.to_owned(), policy.to_owned())],
+        None => Vec::new(),
+    }
 }
 
 /// A run as its policy's status shows it.

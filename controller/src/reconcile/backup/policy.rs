@@ -9,15 +9,15 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
-use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::{BackupObjects, POLICY_LABEL, audit, name_of, namespace_of, summary};
+use super::{POLICY_LABEL, audit, name_of, namespace_of, policy_of_run, runs_of, summary};
+use crate::api::Kind;
+use crate::api::alert::AlertChannel;
 use crate::api::alert::Severity;
 use crate::api::backup::{
     BackupValidationPolicy, BackupValidationPolicySpec, BackupValidationPolicyStatus,
@@ -29,6 +29,8 @@ use crate::backup::schedule::Schedule;
 use crate::backup::{ladder, report, syntax};
 use crate::delivery::{Message, MessageKind};
 use crate::reconcile::{Applied, Context, Failure, Reconciler, Requeue};
+use crate::runtime::objects::{Objects, Relation};
+use crate::runtime::rbac::Rule;
 use crate::status::{self, Observation};
 
 pub const CONTROLLER: &str = "backup-policy";
@@ -37,16 +39,15 @@ pub const CONTROLLER: &str = "backup-policy";
 /// that the run name stays a valid label value too (as CronJob limits its names).
 const NAME_PREFIX_MAX: usize = 52;
 
-/// How often a policy looks at its runs while one is going. A run that ends also brings its
-/// policy back at once, but that nudge can arrive before the run's final status is stored
-/// (or be lost with a restarted operator): this bounds how late the policy hears of it.
+/// How often a policy looks at its runs while one is going. A run that changes also brings its
+/// policy back at once (the relation below), but that can be lost with a restarted operator:
+/// this bounds how late the policy hears of it.
 const ACTIVE_POLL: Duration = Duration::from_secs(5);
 
 /// The BackupValidationPolicy reconciler.
 pub struct BackupPolicies {
-    objects: Arc<dyn BackupObjects>,
+    objects: Objects,
     reports: PathBuf,
-    triggers: Mutex<Option<UnboundedReceiver<(String, String)>>>,
 }
 
 impl std::fmt::Debug for BackupPolicies {
@@ -56,16 +57,8 @@ impl std::fmt::Debug for BackupPolicies {
 }
 
 impl BackupPolicies {
-    pub fn new(
-        objects: Arc<dyn BackupObjects>,
-        reports: PathBuf,
-        triggers: UnboundedReceiver<(String, String)>,
-    ) -> Self {
-        Self {
-            objects,
-            reports,
-            triggers: Mutex::new(Some(triggers)),
-        }
+    pub fn new(objects: Objects, reports: PathBuf) -> Self {
+        Self { objects, reports }
     }
 }
 
@@ -245,14 +238,14 @@ impl Reconciler for BackupPolicies {
                     status,
                     requeue: Requeue::OnChange,
                     failure: Some(Failure {
-                        category: "config",
+                        category: crate::retry::Category::Config,
                         message,
                     }),
                 };
             }
         };
 
-        let mut runs = match self.objects.runs(&namespace, &name).await {
+        let mut runs = match runs_of(&self.objects, &namespace, &name).await {
             Ok(runs) => runs,
             Err(failure) => {
                 return Applied {
@@ -336,7 +329,7 @@ impl Reconciler for BackupPolicies {
         if let Some((when, why)) = due {
             let run = new_run(policy, when);
             let run_name = name_of(&run);
-            if let Err(failure) = self.objects.create_run(&run).await {
+            if let Err(failure) = self.objects.create(&run).await {
                 return Applied {
                     status: current,
                     requeue: Requeue::After(Duration::from_secs(10)),
@@ -376,7 +369,11 @@ impl Reconciler for BackupPolicies {
         // History.
         for run in to_prune(policy, &runs) {
             let run_name = name_of(run);
-            match self.objects.delete_run(&namespace, &run_name).await {
+            match self
+                .objects
+                .delete::<BackupValidationRun>(&namespace, &run_name)
+                .await
+            {
                 Ok(()) => {
                     if let Err(error) = report::remove(&self.reports, &namespace, &name, &run_name)
                     {
@@ -462,8 +459,25 @@ impl Reconciler for BackupPolicies {
         Ok(())
     }
 
-    fn triggers(&self) -> Option<UnboundedReceiver<(String, String)>> {
-        self.triggers.lock().ok()?.take()
+    const RBAC: &'static [Rule] = &[
+        // Runs are created when due and deleted beyond the history limit.
+        Rule::infrapilot(
+            &["backupvalidationruns"],
+            &["get", "list", "watch", "create", "delete"],
+        ),
+        // Runs carry an ownerReference with blockOwnerDeletion, which needs this where the
+        // OwnerReferencesPermissionEnforcement admission plugin is on.
+        Rule::infrapilot(&["backupvalidationpolicies/finalizers"], &["update"]),
+        // Notifications go to the policy's channels, with their Secrets.
+        Rule::infrapilot(&["alertchannels"], &["get"]),
+        Rule::secrets(),
+    ];
+
+    fn relations() -> Vec<Relation> {
+        vec![Relation {
+            from: Kind::BackupValidationRun,
+            map: policy_of_run,
+        }]
     }
 }
 
@@ -481,7 +495,7 @@ impl BackupPolicies {
         let message = report_message(policy, run, failed, previous_failures);
         for LocalObjectReference { name: channel } in &policy.spec.channels {
             let target = format!("AlertChannel {namespace}/{channel}");
-            let delivered = match self.objects.channel(&namespace, channel).await {
+            let delivered = match self.objects.get::<AlertChannel>(&namespace, channel).await {
                 Ok(Some(channel)) => {
                     match crate::delivery::resolve(&channel.spec, &namespace, ctx.secrets.as_ref())
                         .await

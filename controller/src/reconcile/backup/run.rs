@@ -3,7 +3,8 @@
 //! A run is Pending, then Running, then Succeeded or Failed, and never changes after that.
 //! The ladder takes minutes, so it does not run inside a reconcile: the reconcile that starts
 //! a run spawns it and returns `Running`; each finished check and the end bring the run back
-//! (through [`Reconciler::triggers`]) to show progress and, finally, the outcome.
+//! (through [`Reconciler::triggers`]) to show progress and, finally, the outcome. Its policy
+//! follows its runs' changes through the relation it declares.
 //!
 //! Which runs this process is climbing is known only in memory. A run found `Running` that
 //! this process is not climbing was interrupted (a restart, a change of leader): it ends
@@ -18,7 +19,7 @@ use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::{BackupObjects, POLICY_LABEL, RUN_LABEL, audit, name_of, namespace_of, trigger};
+use super::{POLICY_LABEL, RUN_LABEL, audit, name_of, namespace_of, trigger};
 use crate::api::backup::{
     BackupInfo, BackupValidationPolicy, BackupValidationRun, BackupValidationRunStatus,
     CheckOutcome, CheckResult, RunPhase,
@@ -28,6 +29,7 @@ use crate::backup::engine::{RestoreEngine, ServerSpec};
 use crate::backup::ladder::{self, Job, Outcome};
 use crate::backup::report::{EngineFacts, Report, RunIdentity};
 use crate::reconcile::{Applied, Context, Failure, Reconciler, Requeue};
+use crate::runtime::objects::Objects;
 use crate::status::{self, Observation};
 
 pub const CONTROLLER: &str = "backup-run";
@@ -37,14 +39,13 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// The BackupValidationRun reconciler with its outside world.
 pub struct BackupRuns {
-    objects: Arc<dyn BackupObjects>,
+    objects: Objects,
     engine: Arc<dyn RestoreEngine>,
     reports: PathBuf,
     /// The runs this process is climbing, by uid.
     active: Arc<Mutex<HashMap<String, Arc<Mutex<Progress>>>>>,
     runs_tx: UnboundedSender<(String, String)>,
     runs_rx: Mutex<Option<UnboundedReceiver<(String, String)>>>,
-    policies_tx: UnboundedSender<(String, String)>,
     /// One permit per climb: throwaway servers are heavy, and a nightly schedule shared by
     /// many policies would otherwise start them all at once.
     slots: Arc<tokio::sync::Semaphore>,
@@ -69,10 +70,9 @@ struct Progress {
 
 impl BackupRuns {
     pub fn new(
-        objects: Arc<dyn BackupObjects>,
+        objects: Objects,
         engine: Arc<dyn RestoreEngine>,
         reports: PathBuf,
-        policies_tx: UnboundedSender<(String, String)>,
         max_restores: usize,
     ) -> Self {
         let (runs_tx, runs_rx) = unbounded_channel();
@@ -84,7 +84,6 @@ impl BackupRuns {
             active: Arc::default(),
             runs_tx,
             runs_rx: Mutex::new(Some(runs_rx)),
-            policies_tx,
             slots: Arc::new(tokio::sync::Semaphore::new(max_restores)),
             max_restores,
         }
@@ -356,6 +355,11 @@ impl Reconciler for BackupRuns {
     // A run owns its throwaway server only while this process climbs it, and removes it
     // itself; a restart removes what an interrupted run left. Nothing waits on deletion.
     const FINALIZER: Option<&'static str> = None;
+    // A run reads its policy.
+    const RBAC: &'static [crate::runtime::rbac::Rule] = &[crate::runtime::rbac::Rule::infrapilot(
+        &["backupvalidationpolicies"],
+        &["get"],
+    )];
 
     fn status(object: &Self::Object) -> Option<&Self::Status> {
         object.status.as_ref()
@@ -386,8 +390,8 @@ impl Reconciler for BackupRuns {
             let finished = progress.lock().ok().and_then(|p| p.finished.clone());
             if let Some(finished) = finished {
                 // Kept until the stored status shows it: a failed status write must not make
-                // the next reconcile take the run for interrupted.
-                trigger(&self.policies_tx, &policy_key.0, &policy_key.1);
+                // the next reconcile take the run for interrupted. Its policy hears of the
+                // end once it is stored (the policy's relation to its runs).
                 return done(finished);
             }
             if let Ok(progress) = progress.lock() {
@@ -401,7 +405,11 @@ impl Reconciler for BackupRuns {
             return self.interrupted(run, ctx, status).await;
         }
 
-        let policy = match self.objects.policy(&namespace, &policy_key.1).await {
+        let policy = match self
+            .objects
+            .get::<BackupValidationPolicy>(&namespace, &policy_key.1)
+            .await
+        {
             Ok(Some(policy)) => policy,
             Ok(None) => {
                 status::set(
@@ -461,9 +469,7 @@ impl Reconciler for BackupRuns {
                 };
             }
         };
-        let status = self.start(run, &policy, ctx, status, slot);
-        trigger(&self.policies_tx, &policy_key.0, &policy_key.1);
-        done(status)
+        done(self.start(run, &policy, ctx, status, slot))
     }
 
     async fn cleanup(&self, _run: &BackupValidationRun, _ctx: &Context) -> Result<(), Failure> {
@@ -492,7 +498,7 @@ impl BackupRuns {
                 status,
                 requeue: Requeue::After(Duration::from_secs(10)),
                 failure: Some(Failure {
-                    category: "unreachable",
+                    category: crate::retry::Category::Unreachable,
                     message: format!(
                         "the interrupted run's throwaway server {container} could not be removed: {error}"
                     ),
@@ -521,11 +527,6 @@ impl BackupRuns {
             Observation::ready(false, "Interrupted", message),
             run.metadata.generation,
             now,
-        );
-        trigger(
-            &self.policies_tx,
-            &namespace_of(run),
-            &run.spec.policy_ref.name,
         );
         Applied {
             status,

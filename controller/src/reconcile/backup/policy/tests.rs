@@ -1,58 +1,18 @@
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::json;
 
 use super::*;
 use crate::api::backup::BackupValidationRunStatus;
-use crate::reconcile::tests_support::{Recorder, context, fixed_now};
+use crate::reconcile::tests_support::{MemoryObjects, Recorder, context, fixed_now};
 use crate::secrets::SecretMap;
 
-/// Runs and channels in memory.
-#[derive(Default)]
-struct Objects {
-    runs: Mutex<Vec<BackupValidationRun>>,
-    channels: Vec<AlertChannel>,
-}
+/// Objects in memory: the runs of the policy, its channels.
+type Objects = MemoryObjects;
 
-#[async_trait]
-impl BackupObjects for Objects {
-    async fn policy(&self, _: &str, _: &str) -> Result<Option<BackupValidationPolicy>, Failure> {
-        Ok(None)
-    }
-    async fn runs(&self, _: &str, policy: &str) -> Result<Vec<BackupValidationRun>, Failure> {
-        Ok(self
-            .runs
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.spec.policy_ref.name == policy)
-            .cloned()
-            .collect())
-    }
-    async fn create_run(&self, run: &BackupValidationRun) -> Result<(), Failure> {
-        let mut runs = self.runs.lock().unwrap();
-        if !runs.iter().any(|r| r.metadata.name == run.metadata.name) {
-            let mut run = run.clone();
-            run.metadata.creation_timestamp = Some(Time(fixed_now()));
-            runs.push(run);
-        }
-        Ok(())
-    }
-    async fn delete_run(&self, _: &str, name: &str) -> Result<(), Failure> {
-        self.runs
-            .lock()
-            .unwrap()
-            .retain(|r| r.metadata.name.as_deref() != Some(name));
-        Ok(())
-    }
-    async fn channel(&self, _: &str, name: &str) -> Result<Option<AlertChannel>, Failure> {
-        Ok(self
-            .channels
-            .iter()
-            .find(|c| c.metadata.name.as_deref() == Some(name))
-            .cloned())
-    }
+fn stored_runs(objects: &MemoryObjects) -> Vec<BackupValidationRun> {
+    objects.all()
 }
 
 use crate::api::alert::AlertChannel;
@@ -116,8 +76,7 @@ fn ended(
 }
 
 fn reconciler(objects: Arc<Objects>) -> BackupPolicies {
-    let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    BackupPolicies::new(objects, std::env::temp_dir(), rx)
+    BackupPolicies::new(objects.port(), std::env::temp_dir())
 }
 
 fn ready(status: &BackupValidationPolicyStatus) -> (String, String, String) {
@@ -135,7 +94,7 @@ async fn a_new_policy_schedules_its_next_run_and_runs_once_on_create() {
     let policies = reconciler(objects.clone());
 
     let applied = policies.reconcile(&policy(spec.clone(), None), &ctx).await;
-    let runs = objects.runs.lock().unwrap().clone();
+    let runs = stored_runs(&objects);
     assert_eq!(runs.len(), 1);
     let run = &runs[0];
     assert_eq!(run.metadata.name.as_deref(), Some("nightly-1800000000"));
@@ -169,7 +128,7 @@ async fn a_new_policy_schedules_its_next_run_and_runs_once_on_create() {
             &ctx,
         )
         .await;
-    assert_eq!(objects.runs.lock().unwrap().len(), 1);
+    assert_eq!(stored_runs(&objects).len(), 1);
     assert_eq!(again.status.next_run_time, applied.status.next_run_time);
 }
 
@@ -185,7 +144,7 @@ async fn a_due_run_is_created_once_and_skipped_while_another_one_runs() {
         .reconcile(&policy(spec(), Some(due.clone())), &ctx)
         .await;
     let name = |r: &BackupValidationRun| r.metadata.name.clone().unwrap();
-    let runs: Vec<String> = objects.runs.lock().unwrap().iter().map(name).collect();
+    let runs: Vec<String> = stored_runs(&objects).iter().map(name).collect();
     // Named after its due time, so that a restarted operator cannot make it twice.
     assert_eq!(runs, ["nightly-1799983800"]);
     assert_eq!(
@@ -202,12 +161,12 @@ async fn a_due_run_is_created_once_and_skipped_while_another_one_runs() {
     policies
         .reconcile(&policy(spec(), Some(due.clone())), &ctx)
         .await;
-    assert_eq!(objects.runs.lock().unwrap().len(), 1);
+    assert_eq!(stored_runs(&objects).len(), 1);
 
     // The next slot comes while that run still runs: skipped, with an event.
     let later = json!({"observedGeneration": 1, "nextRunTime": "2027-01-15T07:30:00Z"});
     let applied = policies.reconcile(&policy(spec(), Some(later)), &ctx).await;
-    assert_eq!(objects.runs.lock().unwrap().len(), 1);
+    assert_eq!(stored_runs(&objects).len(), 1);
     let events = recorder.events.lock().unwrap().clone();
     assert!(
         events
@@ -224,13 +183,11 @@ async fn a_due_run_is_created_once_and_skipped_while_another_one_runs() {
 #[tokio::test]
 async fn ended_runs_count_failures_and_the_channel_hears_of_failure_and_recovery() {
     let base = policy(spec(), None);
-    let objects = Arc::new(Objects {
-        runs: Mutex::new(vec![
-            ended(&base, "nightly-1", RunPhase::Failed, 1_799_990_000),
-            ended(&base, "nightly-2", RunPhase::Failed, 1_799_995_000),
-        ]),
-        channels: vec![webhook_channel()],
-    });
+    let objects = Arc::new(Objects::with([
+        ended(&base, "nightly-1", RunPhase::Failed, 1_799_990_000),
+        ended(&base, "nightly-2", RunPhase::Failed, 1_799_995_000),
+    ]));
+    objects.put(&webhook_channel());
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
     let policies = reconciler(objects.clone());
@@ -274,7 +231,7 @@ async fn ended_runs_count_failures_and_the_channel_hears_of_failure_and_recovery
     assert_eq!(recorder.deliveries.lock().unwrap().len(), 2);
 
     // A success after failures is a recovery.
-    objects.runs.lock().unwrap().push(ended(
+    objects.put(&ended(
         &base,
         "nightly-3",
         RunPhase::Succeeded,
@@ -313,26 +270,20 @@ async fn history_is_pruned_per_outcome_and_hand_made_runs_are_kept() {
     let base = policy(spec.clone(), None);
     let mut by_hand = ended(&base, "by-hand", RunPhase::Succeeded, 1_799_900_000);
     by_hand.metadata.owner_references = None;
-    let objects = Arc::new(Objects {
-        runs: Mutex::new(vec![
-            ended(&base, "ok-old", RunPhase::Succeeded, 1_799_910_000),
-            ended(&base, "ok-new", RunPhase::Succeeded, 1_799_920_000),
-            ended(&base, "bad-old", RunPhase::Failed, 1_799_905_000),
-            ended(&base, "bad-new", RunPhase::Failed, 1_799_915_000),
-            by_hand,
-        ]),
-        channels: vec![],
-    });
+    let objects = Arc::new(Objects::with([
+        ended(&base, "ok-old", RunPhase::Succeeded, 1_799_910_000),
+        ended(&base, "ok-new", RunPhase::Succeeded, 1_799_920_000),
+        ended(&base, "bad-old", RunPhase::Failed, 1_799_905_000),
+        ended(&base, "bad-new", RunPhase::Failed, 1_799_915_000),
+        by_hand,
+    ]));
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
     let status = json!({"observedGeneration": 1, "nextRunTime": "2027-01-16T03:30:00Z"});
     reconciler(objects.clone())
         .reconcile(&policy(spec, Some(status)), &ctx)
         .await;
-    let mut left: Vec<String> = objects
-        .runs
-        .lock()
-        .unwrap()
+    let mut left: Vec<String> = stored_runs(&objects)
         .iter()
         .map(|r| r.metadata.name.clone().unwrap())
         .collect();
@@ -366,8 +317,11 @@ async fn a_bad_schedule_is_reported_with_its_field_and_nothing_is_scheduled() {
         message.starts_with("spec.schedule: not a cron expression"),
         "{message}"
     );
-    assert_eq!(applied.failure.unwrap().category, "config");
-    assert!(objects.runs.lock().unwrap().is_empty());
+    assert_eq!(
+        applied.failure.unwrap().category,
+        crate::retry::Category::Config
+    );
+    assert!(stored_runs(&objects).is_empty());
 }
 
 #[tokio::test]
@@ -381,7 +335,7 @@ async fn a_suspended_policy_schedules_nothing() {
     let applied = reconciler(objects.clone())
         .reconcile(&policy(spec, Some(due)), &ctx)
         .await;
-    assert!(objects.runs.lock().unwrap().is_empty());
+    assert!(stored_runs(&objects).is_empty());
     assert_eq!(applied.status.next_run_time, None);
     assert_eq!(applied.requeue, Requeue::OnChange);
 }

@@ -3,34 +3,9 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::*;
-use crate::api::alert::AlertChannel;
 use crate::backup::engine::fake::{FakeEngine, testdata};
-use crate::reconcile::tests_support::{Recorder, context};
+use crate::reconcile::tests_support::{MemoryObjects, Recorder, context};
 use crate::secrets::SecretMap;
-
-/// One policy, no runs or channels.
-struct Objects {
-    policy: Option<BackupValidationPolicy>,
-}
-
-#[async_trait]
-impl BackupObjects for Objects {
-    async fn policy(&self, _: &str, _: &str) -> Result<Option<BackupValidationPolicy>, Failure> {
-        Ok(self.policy.clone())
-    }
-    async fn runs(&self, _: &str, _: &str) -> Result<Vec<BackupValidationRun>, Failure> {
-        Ok(Vec::new())
-    }
-    async fn create_run(&self, _: &BackupValidationRun) -> Result<(), Failure> {
-        Ok(())
-    }
-    async fn delete_run(&self, _: &str, _: &str) -> Result<(), Failure> {
-        Ok(())
-    }
-    async fn channel(&self, _: &str, _: &str) -> Result<Option<AlertChannel>, Failure> {
-        Ok(None)
-    }
-}
 
 fn policy(path: &std::path::Path) -> BackupValidationPolicy {
     serde_json::from_value(json!({
@@ -54,13 +29,26 @@ fn run(name: &str, status: Option<serde_json::Value>) -> BackupValidationRun {
     serde_json::from_value(object).unwrap()
 }
 
+/// A change of `run` brings its policy back, through the relation the policy declares.
+fn assert_policy_hears_of(run: &BackupValidationRun) {
+    use crate::reconcile::backup::BackupPolicies;
+    let relations = BackupPolicies::relations();
+    assert_eq!(relations.len(), 1);
+    assert_eq!(relations[0].from, crate::api::Kind::BackupValidationRun);
+    let value = serde_json::to_value(run).unwrap();
+    assert_eq!(
+        (relations[0].map)(&value),
+        [("shop".to_owned(), "nightly".to_owned())]
+    );
+}
+
 struct Setup {
     runs: BackupRuns,
+    objects: Arc<MemoryObjects>,
     engine: Arc<FakeEngine>,
     recorder: Arc<Recorder>,
     ctx: Context,
     triggers: UnboundedReceiver<(String, String)>,
-    policy_triggers: UnboundedReceiver<(String, String)>,
     reports: tempfile::TempDir,
 }
 
@@ -69,22 +57,21 @@ fn setup(policy: Option<BackupValidationPolicy>) -> Setup {
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
     let reports = tempfile::tempdir().unwrap();
-    let (policies_tx, policy_triggers) = unbounded_channel();
+    let objects = Arc::new(MemoryObjects::with(policy));
     let runs = BackupRuns::new(
-        Arc::new(Objects { policy }),
+        objects.port(),
         Arc::new(engine.clone()),
         reports.path().to_owned(),
-        policies_tx,
         2,
     );
     let triggers = runs.triggers().unwrap();
     Setup {
         runs,
+        objects,
         engine,
         recorder,
         ctx,
         triggers,
-        policy_triggers,
         reports,
     }
 }
@@ -100,10 +87,7 @@ async fn a_run_climbs_in_the_background_and_ends_with_its_report_and_audit_recor
         applied.status.container.as_deref(),
         Some("infrapilot-restore-uid-nightly-1")
     );
-    assert_eq!(
-        s.policy_triggers.recv().await,
-        Some(("shop".into(), "nightly".into()))
-    );
+    assert_policy_hears_of(&run("nightly-1", None));
 
     // Every finished check brings the run back; the last trigger follows the end.
     let running = serde_json::to_value(&applied.status).unwrap();
@@ -205,6 +189,11 @@ async fn at_most_max_restores_runs_climb_at_once_across_policies() {
         run.spec.policy_ref.name = policy.to_owned();
         run
     };
+    for name in ["a", "b", "c"] {
+        let mut other = policy(&testdata("app.dump"));
+        other.metadata.name = Some(name.to_owned());
+        s.objects.put(&other);
+    }
     for (name, policy) in [("a-1", "a"), ("b-1", "b")] {
         let applied = s.runs.reconcile(&of(name, policy), &s.ctx).await;
         assert_eq!(applied.status.phase, RunPhase::Running, "{name}");
@@ -234,7 +223,7 @@ async fn at_most_max_restores_runs_climb_at_once_across_policies() {
 
 #[tokio::test]
 async fn a_run_left_running_by_another_process_ends_failed_and_its_server_goes() {
-    let mut s = setup(Some(policy(&testdata("app.dump"))));
+    let s = setup(Some(policy(&testdata("app.dump"))));
     let left = run(
         "nightly-1",
         Some(
@@ -254,10 +243,7 @@ async fn a_run_left_running_by_another_process_ends_failed_and_its_server_goes()
     );
     assert_eq!(s.engine.log(), ["remove infrapilot-restore-uid-nightly-1"]);
     assert!(applied.status.completion_time.is_some());
-    assert_eq!(
-        s.policy_triggers.recv().await,
-        Some(("shop".into(), "nightly".into()))
-    );
+    assert_policy_hears_of(&run("nightly-1", None));
 }
 
 #[tokio::test]

@@ -1,0 +1,168 @@
+//! Other objects, as reconcilers read and write them: one port for every kind, implemented once
+//! per runtime (the API server in a cluster, the state database standalone).
+//!
+//! The port speaks JSON so that it stays object-safe; [`Objects`] puts the types back on. Objects
+//! being deleted are left out of what it returns: to a reconciler they are gone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::api::Kind;
+use crate::reconcile::Failure;
+use crate::retry::Category;
+
+/// Which objects of a kind in a namespace a list returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// Objects carrying every one of these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Objects one of whose ownerReferences names this uid.
+    pub owner: Option<String>,
+}
+
+impl Selector {
+    pub fn everything() -> Self {
+        Self::default()
+    }
+
+    /// Whether `object` (JSON with `metadata`) is selected.
+    pub fn matches(&self, object: &Value) -> bool {
+        let meta = &object["metadata"];
+        let labels_match = self
+            .labels
+            .iter()
+            .all(|(key, value)| meta["labels"][key].as_str() == Some(value.as_str()));
+        let owner_matches = self.owner.as_ref().is_none_or(|uid| {
+            meta["ownerReferences"]
+                .as_array()
+                .is_some_and(|owners| owners.iter().any(|o| o["uid"].as_str() == Some(uid)))
+        });
+        labels_match && owner_matches
+    }
+}
+
+/// Objects of any kind in one runtime.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// The object, unless it is missing or being deleted.
+    async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Value>, Failure>;
+    /// The selected objects of `kind` in `namespace`, except those being deleted.
+    async fn list(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        selector: &Selector,
+    ) -> Result<Vec<Value>, Failure>;
+    /// Creates an object (JSON with apiVersion, kind and metadata). One of that name that
+    /// exists already is fine: a restarted operator may create the same object again, and the
+    /// name makes it the same object.
+    async fn create(&self, kind: Kind, object: Value) -> Result<(), Failure>;
+    /// Deletes an object, and what it owns; one already gone is fine.
+    async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), Failure>;
+}
+
+/// Typed access to the objects of a runtime.
+#[derive(Clone)]
+pub struct Objects(pub Arc<dyn ObjectStore>);
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Objects")
+    }
+}
+
+/// A kind as Rust type.
+pub trait Typed:
+    kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned + Send + Sync
+{
+    fn kind_of() -> Kind;
+}
+
+impl<K> Typed for K
+where
+    K: kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned + Send + Sync,
+{
+    fn kind_of() -> Kind {
+        let name = K::kind(&());
+        Kind::from_name(&name).unwrap_or_else(|| panic!("{name} is not an InfraPilot kind"))
+    }
+}
+
+impl Objects {
+    pub async fn get<K: Typed>(&self, namespace: &str, name: &str) -> Result<Option<K>, Failure> {
+        let kind = K::kind_of();
+        match self.0.get(kind, namespace, name).await? {
+            // One this version cannot read is as good as missing to the reconciler that asks.
+            Some(value) => Ok(serde_json::from_value(value).ok()),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn list<K: Typed>(
+        &self,
+        namespace: &str,
+        selector: &Selector,
+    ) -> Result<Vec<K>, Failure> {
+        let values = self.0.list(K::kind_of(), namespace, selector).await?;
+        Ok(values
+            .into_iter()
+            .filter_map(|value| serde_json::from_value(value).ok())
+            .collect())
+    }
+
+    pub async fn create<K: Typed>(&self, object: &K) -> Result<(), Failure> {
+        let kind = K::kind_of();
+        let mut value = serde_json::to_value(object).map_err(|error| Failure {
+            category: Category::Internal,
+            message: format!("a {} cannot be written: {error}", kind.name()),
+        })?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("apiVersion".to_owned(), K::api_version(&()).into());
+            map.insert("kind".to_owned(), kind.name().into());
+            map.remove("status");
+        }
+        self.0.create(kind, value).await
+    }
+
+    pub async fn delete<K: Typed>(&self, namespace: &str, name: &str) -> Result<(), Failure> {
+        self.0.delete(K::kind_of(), namespace, name).await
+    }
+}
+
+/// "Reconcile a `to` object when an object of kind `from` changes": which objects of the
+/// reconciler's kind an object of `from` concerns, as (namespace, name). Declared by the
+/// reconciler ([`crate::reconcile::Reconciler::relations`]); both runtimes honour it.
+#[derive(Clone, Copy, Debug)]
+pub struct Relation {
+    pub from: Kind,
+    pub map: fn(&Value) -> Vec<(String, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_selector_matches_labels_and_owner() {
+        let object = json!({"metadata": {"labels": {"a": "1", "b": "2"},
+            "ownerReferences": [{"uid": "u-1"}]}});
+        assert!(Selector::everything().matches(&object));
+        let mut selector = Selector::everything();
+        selector.labels.insert("a".into(), "1".into());
+        assert!(selector.matches(&object));
+        selector.owner = Some("u-1".into());
+        assert!(selector.matches(&object));
+        selector.owner = Some("u-2".into());
+        assert!(!selector.matches(&object));
+        selector.owner = None;
+        selector.labels.insert("c".into(), "3".into());
+        assert!(!selector.matches(&object));
+    }
+}
