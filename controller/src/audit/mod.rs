@@ -13,6 +13,7 @@
 
 mod export;
 mod key;
+mod sink;
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,6 +28,7 @@ use tokio::sync::Mutex;
 
 pub use self::export::ExportFormat;
 pub use self::key::AuditKey;
+pub use self::sink::Audit;
 
 /// Whether the side effect took place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -16,10 +16,10 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::audit::Audit;
 use crate::audit::{NewRecord, ObjectRef, Outcome};
 use crate::docker::{Docker, DockerError, NewContainer};
 use crate::proxy::site;
-use crate::reconcile::Audit;
 
 /// Where the edge reads Proxy configuration (the official image includes `conf.d/*.conf`).
 const CONF_DIR: &str = "/etc/nginx/conf.d";

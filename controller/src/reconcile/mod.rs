@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jiff::Timestamp;
 
-use crate::audit::{AuditLog, NewRecord, ObjectRef};
+use crate::audit::{Audit, ObjectRef};
 use crate::delivery::Notifier;
 pub use crate::retry::Category;
 pub use crate::runtime::objects::Relation;
@@ -51,19 +51,6 @@ pub fn object_ref<K: kube::Resource<DynamicType = ()>>(object: &K) -> ObjectRef 
         name: meta.name.clone().unwrap_or_default(),
         uid: meta.uid.clone().unwrap_or_default(),
         generation: meta.generation.unwrap_or_default(),
-    }
-}
-
-/// Records side effects (see [`crate::audit`]).
-#[async_trait]
-pub trait Audit: Send + Sync {
-    async fn record(&self, record: NewRecord) -> anyhow::Result<()>;
-}
-
-#[async_trait]
-impl Audit for AuditLog {
-    async fn record(&self, record: NewRecord) -> anyhow::Result<()> {
-        self.append(record).await.map(drop)
     }
 }
 

@@ -4,9 +4,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Audit, Context, Event, Events, Failure};
+use super::{Context, Event, Events, Failure};
 use crate::api::Kind;
-use crate::audit::{NewRecord, ObjectRef};
+use crate::audit::{Audit, NewRecord, ObjectRef};
 use crate::delivery::{DeliveryError, Message, Notifier, Receipt, Target};
 use crate::runtime::objects::{ObjectStore, Objects, Selector, Typed};
 use crate::secrets::SecretMap;

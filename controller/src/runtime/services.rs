@@ -9,13 +9,14 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::objects::Objects;
+use crate::audit::Audit;
 use crate::backup::engine::RestoreEngine;
 use crate::backup::engine::postgres::Postgres;
 use crate::delivery::Deliverer;
 use crate::docker::Docker;
 use crate::edge::{Edge, EdgeApi, EdgeOptions};
 use crate::proxy::acme;
-use crate::reconcile::{Audit, Context, Events};
+use crate::reconcile::{Context, Events};
 use crate::secrets::SecretSource;
 
 /// The settings of the services, the same in both modes.
