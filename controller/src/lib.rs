@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod reconcile;
 pub mod secrets;
 pub mod standalone;
+pub mod state;
 pub mod status;
 pub mod telemetry;
 

@@ -32,7 +32,7 @@ use crate::reconcile::alert_channel::AlertChannels;
 use crate::reconcile::backup;
 use crate::reconcile::proxy::Proxies;
 use crate::reconcile::{Audit, Context, Event, EventType, Events};
-use crate::standalone::store::Store;
+use crate::state::Database;
 use crate::telemetry::{self, Health, Metrics};
 
 /// The kinds whose reconcilers have landed, and so get a Controller.
@@ -234,9 +234,10 @@ impl Common {
 
 /// The reconcilers' view of the cluster.
 async fn context(options: &Options, client: kube::Client) -> anyhow::Result<Context> {
-    let store = Store::open(&options.state_url).await?;
+    // Only the audit log keeps tables in the state database in this mode.
+    let state = Database::open(&options.state_url).await?;
     let key = AuditKey::load_or_create(&options.audit_key)?;
-    let log = AuditLog::open(store.pool(), key).await?;
+    let log = AuditLog::open(state.pool(), key).await?;
     let events: Arc<dyn Events> =
         Arc::new(KubeEvents::new(client.clone(), options.instance.clone()));
     Ok(Context {

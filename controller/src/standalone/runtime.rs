@@ -35,6 +35,7 @@ use crate::reconcile::backup::{self as backup_reconcile, BackupPolicies, BackupR
 use crate::reconcile::proxy::Proxies;
 use crate::reconcile::{Context, Event, Events, Reconciler, Requeue};
 use crate::secrets::{SecretMap, Secrets};
+use crate::state::Database;
 use crate::telemetry::{self, Health, Metrics};
 
 /// How the runtime is set up.
@@ -73,9 +74,10 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
             path.display()
         );
     }
-    let store = Store::open(&options.state_url).await?;
+    let state = Database::open(&options.state_url).await?;
+    let store = Store::open(state.pool()).await?;
     let key = AuditKey::load_or_create(&options.audit_key)?;
-    let audit = AuditLog::open(store.pool(), key).await?;
+    let audit = AuditLog::open(state.pool(), key).await?;
     let secrets = Arc::new(SecretMap::default());
     let ctx = Context {
         secrets: secrets.clone(),
