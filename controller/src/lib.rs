@@ -18,6 +18,7 @@ pub mod retry;
 pub mod runtime;
 pub mod secrets;
 pub mod standalone;
+pub mod state;
 pub mod status;
 pub mod telemetry;
 

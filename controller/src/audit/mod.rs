@@ -10,6 +10,9 @@
 //! A separate one-row table, the head, holds the last appended number and hash. It is what
 //! makes a removed tail visible: without it, a log cut after record 5 would look like a
 //! complete log of 5 records.
+//!
+//! The tables are made and versioned by [`SCHEMA`]'s migrations (see [`crate::state`]); the
+//! audit log is the only owner of tables in Kubernetes mode.
 
 mod export;
 mod key;
@@ -25,6 +28,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 use tokio::sync::Mutex;
+
+use crate::state::{Schema, Step};
 
 pub use self::export::ExportFormat;
 pub use self::key::AuditKey;
@@ -144,28 +149,15 @@ pub enum VerifyError {
 /// it all in memory.
 const PAGE: i64 = 1000;
 
-const CREATE_RECORDS: &str = "CREATE TABLE IF NOT EXISTS audit_records (
-    seq BIGINT PRIMARY KEY,
-    time TEXT NOT NULL,
-    controller TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    namespace TEXT NULL,
-    name TEXT NOT NULL,
-    uid TEXT NOT NULL,
-    generation BIGINT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-)";
-
-const CREATE_HEAD: &str = "CREATE TABLE IF NOT EXISTS audit_head (
-    id INTEGER PRIMARY KEY,
-    seq BIGINT NOT NULL,
-    hash TEXT NOT NULL
-)";
+/// The audit log's tables, versioned (see [`crate::state`]).
+pub const SCHEMA: Schema = Schema {
+    owner: "audit",
+    migrations: &[Step {
+        version: 1,
+        description: "audit log",
+        sql: include_str!("../../migrations/audit/0001_audit_log.sql"),
+    }],
+};
 
 const INSERT_RECORD: &str = "INSERT INTO audit_records
     (seq, time, controller, kind, namespace, name, uid, generation, action, target, outcome,
@@ -204,15 +196,11 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens the log in `pool`'s database, creating its tables if they are missing. The pool's
-    /// drivers must be installed (`sqlx::any::install_default_drivers`).
+    /// Opens the log in `pool`'s database (see [`crate::state::Database`]), its tables created
+    /// or brought up to date first. The pool's drivers must be installed
+    /// (`sqlx::any::install_default_drivers`).
     pub async fn open(pool: AnyPool, key: AuditKey) -> anyhow::Result<AuditLog> {
-        for statement in [CREATE_RECORDS, CREATE_HEAD] {
-            sqlx::query(statement)
-                .execute(&pool)
-                .await
-                .context("cannot create the audit tables")?;
-        }
+        SCHEMA.migrate(&pool).await?;
         Ok(AuditLog {
             pool,
             key,

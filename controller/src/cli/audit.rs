@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use super::state::StateArgs;
 use crate::audit::{AuditKey, AuditLog, ExportFormat, Filter};
-use crate::standalone::store::Store;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -70,7 +69,7 @@ impl FilterArgs {
 }
 
 async fn open(args: &KeyArgs) -> anyhow::Result<AuditLog> {
-    let store = Store::open_existing(&args.state.url()).await?;
+    let state = args.state.open_existing().await?;
     let key_path = args
         .audit_key
         .clone()
@@ -80,7 +79,7 @@ async fn open(args: &KeyArgs) -> anyhow::Result<AuditLog> {
         "the audit key {} does not exist",
         key_path.display()
     );
-    AuditLog::open(store.pool(), AuditKey::load_or_create(&key_path)?).await
+    AuditLog::open(state.pool(), AuditKey::load_or_create(&key_path)?).await
 }
 
 pub fn run(command: &Command) -> anyhow::Result<ExitCode> {

@@ -49,7 +49,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let store = Store::open_existing(&args.state.url()).await?;
+        let store = Store::open(args.state.open_existing().await?.pool()).await?;
         let Some(object) = store.get(&key).await? else {
             eprintln!(
                 "Error: {}.{} {:?} not found",

@@ -66,7 +66,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let store = Store::open_existing(&args.state.url()).await?;
+        let store = Store::open(args.state.open_existing().await?.pool()).await?;
         let mut found: Vec<(Kind, Vec<StoredObject>)> = Vec::new();
         for kind in &kinds {
             let namespace = match (kind.namespaced(), args.all_namespaces) {

@@ -1,4 +1,4 @@
-//! Where standalone mode keeps its state; shared by `run`, `get` and `describe`.
+//! Where the state database is; shared by `run`, `get`, `describe` and `audit`.
 
 use std::path::PathBuf;
 
@@ -20,8 +20,13 @@ pub struct StateArgs {
 
 impl StateArgs {
     pub fn url(&self) -> String {
-        self.state.clone().unwrap_or_else(|| {
-            crate::standalone::store::sqlite_url(&self.state_dir.join("state.db"))
-        })
+        self.state
+            .clone()
+            .unwrap_or_else(|| crate::state::sqlite_url(&self.state_dir.join("state.db")))
+    }
+
+    /// The state database an operator made, for the commands that read it.
+    pub async fn open_existing(&self) -> anyhow::Result<crate::state::Database> {
+        crate::state::Database::open_existing(&self.url()).await
     }
 }

@@ -28,7 +28,7 @@ use crate::runtime::driver::Driver;
 use crate::runtime::objects::Objects;
 use crate::runtime::registry::{self, Build, Register};
 use crate::runtime::services::{RuntimeParts, ServiceOptions, Services};
-use crate::standalone::store::Store;
+use crate::state::Database;
 use crate::telemetry::{self, Health, Metrics};
 
 /// How the runtime is set up.
@@ -197,9 +197,10 @@ impl Register for Controllers<'_> {
 
 /// The services, with the cluster's Secrets, Events and objects.
 async fn services(options: &Options, client: kube::Client) -> anyhow::Result<Services> {
-    let store = Store::open(&options.state_url).await?;
+    // Only the audit log keeps tables in the state database in this mode.
+    let state = Database::open(&options.state_url).await?;
     let key = AuditKey::load_or_create(&options.audit_key)?;
-    let log = AuditLog::open(store.pool(), key).await?;
+    let log = AuditLog::open(state.pool(), key).await?;
     let events: Arc<dyn Events> =
         Arc::new(KubeEvents::new(client.clone(), options.instance.clone()));
     let parts = RuntimeParts {

@@ -35,6 +35,7 @@ use crate::runtime::objects::Objects;
 use crate::runtime::registry::{self, Build, Register};
 use crate::runtime::services::{RuntimeParts, ServiceOptions, Services};
 use crate::secrets::{SecretMap, Secrets};
+use crate::state::Database;
 use crate::telemetry::{self, Health, Metrics};
 
 /// How the runtime is set up.
@@ -67,9 +68,10 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
             path.display()
         );
     }
-    let store = Store::open(&options.state_url).await?;
+    let state = Database::open(&options.state_url).await?;
+    let store = Store::open(state.pool()).await?;
     let key = AuditKey::load_or_create(&options.audit_key)?;
-    let audit = AuditLog::open(store.pool(), key).await?;
+    let audit = AuditLog::open(state.pool(), key).await?;
     let secrets = Arc::new(SecretMap::default());
     // Objects to reconcile because something other than the manifests changed them: a
     // reconciler created or deleted an object, an object they relate to changed, or an

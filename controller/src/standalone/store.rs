@@ -1,9 +1,9 @@
 //! The state database of standalone mode: what the API server would keep. Objects with their
 //! uid, generation, status and deletion state; the problems of the last manifest scan; events.
-//! SQLite by default, PostgreSQL through `--state`; the SQL is portable between the two.
+//! SQLite by default, PostgreSQL through `--state`; the SQL is portable between the two. The
+//! tables are made and versioned by [`SCHEMA`]'s migrations (see [`crate::state`]).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::Context as _;
 use jiff::Timestamp;
@@ -14,23 +14,17 @@ use super::sync::{Change, Key, Stored, hash};
 use crate::audit::ObjectRef;
 use crate::manifest::Problem;
 use crate::reconcile::{Event, EventType};
+use crate::state::{Schema, Step};
 
-const SCHEMA: [&str; 4] = [
-    "CREATE TABLE IF NOT EXISTS objects (
-        kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
-        uid TEXT NOT NULL, generation BIGINT NOT NULL,
-        spec_hash TEXT NOT NULL, object_hash TEXT NOT NULL,
-        object TEXT NOT NULL, status TEXT,
-        file TEXT NOT NULL, line BIGINT NOT NULL, deleting BIGINT NOT NULL,
-        created TEXT NOT NULL, updated TEXT NOT NULL,
-        PRIMARY KEY (kind, namespace, name))",
-    "CREATE TABLE IF NOT EXISTS problems (
-        file TEXT NOT NULL, line BIGINT NOT NULL, col BIGINT NOT NULL, field TEXT NOT NULL, reason TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS events (
-        time TEXT NOT NULL, kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, uid TEXT NOT NULL,
-        type TEXT NOT NULL, reason TEXT NOT NULL, action TEXT NOT NULL, note TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS events_by_object ON events (kind, namespace, name, time)",
-];
+/// The store's tables, versioned (see [`crate::state`]).
+pub const SCHEMA: Schema = Schema {
+    owner: "store",
+    migrations: &[Step {
+        version: 1,
+        description: "objects problems events",
+        sql: include_str!("../../migrations/store/0001_objects_problems_events.sql"),
+    }],
+};
 
 /// An object as stored: its manifest with the metadata the API server adds, and its status.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,59 +73,12 @@ pub struct Store {
     pool: AnyPool,
 }
 
-/// The database URL for a SQLite file, created if missing.
-pub fn sqlite_url(path: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", path.display())
-}
-
 impl Store {
-    /// Opens (and if needed creates) the state database at `url`.
-    pub async fn open(url: &str) -> anyhow::Result<Store> {
-        sqlx::any::install_default_drivers();
-        if let Some(path) = url.strip_prefix("sqlite://") {
-            let path = path.split('?').next().unwrap_or(path);
-            if let Some(dir) = Path::new(path)
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-        }
-        let pool = sqlx::any::AnyPoolOptions::new()
-            .max_connections(4)
-            .connect(url)
-            .await
-            .with_context(|| format!("cannot open the state database {}", redact_url(url)))?;
-        if url.starts_with("sqlite:") {
-            // Readers (`infrapilot get`) must not block on, or be blocked by, the operator.
-            sqlx::query("PRAGMA journal_mode=WAL")
-                .execute(&pool)
-                .await?;
-        }
-        for statement in SCHEMA {
-            sqlx::query(statement)
-                .execute(&pool)
-                .await
-                .context("cannot create the state tables")?;
-        }
+    /// The store in `pool`'s state database (see [`crate::state::Database`]), its tables
+    /// created or brought up to date first.
+    pub async fn open(pool: AnyPool) -> anyhow::Result<Store> {
+        SCHEMA.migrate(&pool).await?;
         Ok(Store { pool })
-    }
-
-    /// Opens an existing state database for reading, failing clearly when there is none.
-    pub async fn open_existing(url: &str) -> anyhow::Result<Store> {
-        if let Some(path) = url.strip_prefix("sqlite://") {
-            let path = path.split('?').next().unwrap_or(path);
-            anyhow::ensure!(
-                Path::new(path).exists(),
-                "there is no state at {path}: run `infrapilot run --manifests DIR` in this directory first, or pass --state"
-            );
-        }
-        Self::open(url).await
-    }
-
-    pub fn pool(&self) -> AnyPool {
-        self.pool.clone()
     }
 
     /// What the sync planner needs to know of every object.
@@ -468,20 +415,6 @@ fn spec_hash(change: &Change) -> String {
 
 fn hash_of(change: &Change) -> String {
     hash(change_object(change))
-}
-
-/// A database URL with any password replaced, for messages.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 #[cfg(test)]

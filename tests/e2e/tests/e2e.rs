@@ -13,3 +13,4 @@ mod kubernetes;
 mod proxy;
 mod smoke;
 mod standalone;
+mod state;

@@ -169,6 +169,23 @@ async fn an_alert_channel_created_in_the_cluster_is_verified_and_its_status_writ
     .await;
     assert!(!events.is_empty());
 
+    // The state database holds the audit log's tables and nothing of standalone mode's.
+    sqlx::any::install_default_drivers();
+    let state = operator.dir().join(".infrapilot/state.db");
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", state.display()))
+        .await
+        .unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        tables,
+        ["_sqlx_migrations_audit", "audit_head", "audit_records"]
+    );
+    pool.close().await;
+
     // Ready once the watch cache synced; metrics count the reconcile without object names.
     wait_readyz(&probes, "every watch cache has synced").await;
     let metrics = reqwest::get(format!("{probes}/metrics"))
