@@ -45,6 +45,8 @@ pub struct Scanner {
     waiting: BTreeSet<Key>,
     /// Roots the last scan could not read: watched again once they are back.
     unreadable_roots: BTreeSet<PathBuf>,
+    /// When the last scan started.
+    last_scan: Option<Instant>,
 }
 
 /// What a scan changed.
@@ -76,20 +78,29 @@ impl Scanner {
             problems: None,
             waiting: BTreeSet::new(),
             unreadable_roots: BTreeSet::new(),
+            last_scan: None,
         })
     }
 
-    /// When a scan must run to confirm (or call off) a deletion, if one waits.
+    /// When a scan must run to confirm (or call off) a deletion, if one waits. Never sooner
+    /// than [`sync::DELETE_AFTER`] after the last scan: a scan that failed leaves its deletions
+    /// waiting, and must not be retried in a tight loop.
     pub fn recheck_at(&self) -> Option<Instant> {
-        self.missing
+        let due = self
+            .missing
             .recheck_at()
             .into_iter()
             .chain(self.missing_secrets.recheck_at())
-            .min()
+            .min()?;
+        Some(
+            self.last_scan
+                .map_or(due, |last| due.max(last + sync::DELETE_AFTER)),
+        )
     }
 
     /// Reads the manifests and brings the store in line with them.
     pub async fn scan(&mut self) -> anyhow::Result<Scan> {
+        self.last_scan = Some(Instant::now());
         let roots = self.roots.clone();
         // Reading touches the file system, which may be slow or stuck (a network mount): never
         // on the async workers.
