@@ -6,10 +6,11 @@
 //! bad document never hides the others: each document gets its own outcome.
 
 pub mod node;
+pub mod read;
 pub mod schema;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::Value;
@@ -31,7 +32,12 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if self.line == 0 {
+            // A problem with the file as a whole (it cannot be read): no position to give.
+            write!(f, "{}: ", self.file)?;
+        } else {
+            write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        }
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }
@@ -108,54 +114,16 @@ pub fn read_str(file: &str, text: &str) -> Vec<Outcome> {
 }
 
 /// Reads a manifest file, or every `*.yaml` / `*.yml` file below a directory (sorted, hidden
-/// entries skipped). A file that cannot be read is a problem of its own.
+/// entries skipped). A place that cannot be read is a problem of its own.
 pub fn read_path(path: &Path) -> Vec<Outcome> {
-    let mut outcomes = Vec::new();
-    for file in manifest_files(path) {
-        let name = file.display().to_string();
-        match std::fs::read_to_string(&file) {
-            Ok(text) => outcomes.extend(read_str(&name, &text)),
-            Err(error) => outcomes.push(Outcome::Invalid(vec![Problem {
-                file: name,
-                line: 0,
-                column: 0,
-                field: String::new(),
-                reason: format!("cannot be read: {error}"),
-            }])),
-        }
-    }
+    let tree = read::read_tree(path, read::Limits::default());
+    let mut outcomes = tree.outcomes;
+    outcomes.extend(
+        tree.unreadable
+            .into_iter()
+            .map(|u| Outcome::Invalid(vec![u.problem])),
+    );
     outcomes
-}
-
-/// The manifest files `path` stands for: itself when it is a file, else the YAML files below it.
-pub fn manifest_files(path: &Path) -> Vec<PathBuf> {
-    if !path.is_dir() {
-        return vec![path.to_owned()];
-    }
-    let mut files = Vec::new();
-    let mut pending = vec![path.to_owned()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            if hidden {
-                continue;
-            }
-            if path.is_dir() {
-                pending.push(path);
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            ) {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 fn first_line(text: &str) -> &str {

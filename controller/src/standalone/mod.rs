@@ -4,5 +4,6 @@
 
 pub mod objects;
 pub mod runtime;
+pub mod scan;
 pub mod store;
 pub mod sync;

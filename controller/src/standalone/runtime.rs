@@ -1,11 +1,12 @@
 //! The standalone runtime: keeps the store in step with the manifests and runs the
 //! reconcilers, until asked to stop.
 //!
-//! Manifests are scanned at start, whenever a file below a manifest path changes (inotify via
-//! `notify`), and at every resync. A scan turns into store changes (see [`super::sync`]); each
-//! changed object is queued. Objects are reconciled one at a time; a reconciler's requeue and
-//! backoff put the object back in the queue for later. At start every stored object is queued
-//! once: reconcilers are idempotent, so a restart repeats no finished side effect.
+//! Manifests are scanned ([`super::scan`]) at start, whenever a file below a manifest path
+//! changes, when a deletion waits for a second scan to confirm it, and at every resync. Each
+//! object a scan changed is queued. Up to [`CONCURRENCY`] objects are reconciled at once, each
+//! object at most once at a time; a reconciler's requeue and backoff put the object back in the
+//! queue for later. At start every stored object is queued once: reconcilers are idempotent, so
+//! a restart repeats no finished side effect.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -13,28 +14,27 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_trait::async_trait;
 use jiff::Timestamp;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::objects::StoreObjects;
+use super::scan::Scanner;
 use super::store::{Store, StoredObject};
-use super::sync::{self, Change, Key, Scanned};
+use super::sync::{Change, Key};
 use crate::api::Kind;
 use crate::audit::{AuditKey, AuditLog, ObjectRef};
 use crate::kubernetes::controller::ScopedApi;
-use crate::manifest::{self, Object, Outcome, Problem};
 use crate::reconcile::{Event, Events, Failure, Reconciler, Relation};
 use crate::retry::{Backoff, Category};
 use crate::runtime::driver::{Driver, Next, StatusWriter};
 use crate::runtime::objects::Objects;
 use crate::runtime::registry::{self, Build, Register};
 use crate::runtime::services::{RuntimeParts, ServiceOptions, Services};
-use crate::secrets::{SecretMap, Secrets};
+use crate::secrets::SecretMap;
 use crate::state::Database;
 use crate::telemetry::{self, Health, Metrics};
 
@@ -54,6 +54,9 @@ pub struct Options {
     /// The edge, reports, deliveries.
     pub services: ServiceOptions,
 }
+
+/// How long a burst of file events may settle before the scan it calls for.
+const SETTLE: Duration = Duration::from_millis(20);
 
 /// How many objects are reconciled at once. Proxies wait on the edge, which batches what
 /// arrives together: running many at once is what lets it coalesce a burst into one reload.
@@ -120,20 +123,22 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         keys: keys_tx.clone(),
         state_backoff: Backoff::default(),
     });
+    let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let scanner = Scanner::new(
+        options.manifests.clone(),
+        store.clone(),
+        secrets,
+        changed_tx,
+    )?;
     let mut runtime = Runtime {
         workers,
         running: BTreeSet::new(),
         tasks: tokio::task::JoinSet::new(),
         store,
-        secrets,
-        manifests: options.manifests.clone(),
+        scanner,
         queue: Queue::default(),
-        problems: None,
-        secrets_seen: None,
     };
 
-    let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let _watcher = watch(&options.manifests, changed_tx)?;
 
     runtime.scan().await?;
     runtime.queue_everything().await?;
@@ -147,15 +152,22 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
             .queue
             .next_due(|k| !runtime.running.contains(k))
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let recheck = runtime.scanner.recheck_at().map(Instant::from_std);
         tokio::select! {
             () = &mut shutdown => break,
             Some(key) = keys_rx.recv() => runtime.queue.at(key, Instant::now()),
             Some(()) = changed_rx.recv() => {
                 // Editors write in several steps: let a burst settle, then scan once. Short, since
-                // it adds to every change's latency; a file caught half-written is read again
-                // on its next event.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // it adds to every change's latency: a file caught half-written is read again on
+                // its next event, and deletions wait for a second scan anyway.
+                tokio::time::sleep(SETTLE).await;
                 while changed_rx.try_recv().is_ok() {}
+                if let Err(error) = runtime.scan().await {
+                    error!("scanning the manifests failed: {error:#}");
+                }
+            }
+            // A scan missed an object: a second one confirms its deletion, or calls it off.
+            () = tokio::time::sleep_until(recheck.unwrap_or(next)), if recheck.is_some() => {
                 if let Err(error) = runtime.scan().await {
                     error!("scanning the manifests failed: {error:#}");
                 }
@@ -220,167 +232,22 @@ struct Runtime {
     running: BTreeSet<Key>,
     tasks: tokio::task::JoinSet<(Key, anyhow::Result<Next>)>,
     store: Store,
-    secrets: Arc<SecretMap>,
-    manifests: Vec<PathBuf>,
+    scanner: Scanner,
     queue: Queue,
-    /// The problems of the last scan, to log only what changed.
-    problems: Option<Vec<Problem>>,
-    secrets_seen: Option<Secrets>,
 }
 
 impl Runtime {
-    /// Reads the manifests and brings the store in line with them.
+    /// Reads the manifests, brings the store in line with them and queues what changed.
     async fn scan(&mut self) -> anyhow::Result<()> {
-        let outcomes: Vec<Outcome> = self
-            .manifests
-            .iter()
-            .flat_map(|p| manifest::read_path(p))
-            .collect();
-        let mut scanned: Vec<Scanned> = Vec::new();
-        let mut broken = BTreeSet::new();
-        let mut problems = Vec::new();
-        let mut secrets = Secrets::new();
-        let mut first_seen: BTreeMap<Key, (String, u64)> = BTreeMap::new();
-        for outcome in outcomes {
-            match outcome {
-                Outcome::Valid(m) => {
-                    let namespace = m.namespace.clone().unwrap_or_default();
-                    match m.object {
-                        Object::Custom { kind, object } => {
-                            let key = Key {
-                                kind: kind.name().to_owned(),
-                                namespace,
-                                name: m.name.clone(),
-                            };
-                            if let Some((file, line)) = first_seen.get(&key) {
-                                problems.push(Problem {
-                                    file: m.file.clone(),
-                                    line: m.line,
-                                    column: 1,
-                                    field: "metadata.name".to_owned(),
-                                    reason: format!("{key} is defined twice: first at {file}:{line}; this one is ignored"),
-                                });
-                                continue;
-                            }
-                            first_seen.insert(key.clone(), (m.file.clone(), m.line));
-                            scanned.push(Scanned {
-                                key,
-                                file: m.file,
-                                line: m.line,
-                                object,
-                            });
-                        }
-                        Object::Secret(secret) => {
-                            let data = secret
-                                .data
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(k, v)| (k, v.0))
-                                .collect();
-                            secrets.insert((namespace, m.name), data);
-                        }
-                    }
-                }
-                Outcome::Skipped { .. } => {}
-                Outcome::Invalid(found) => {
-                    broken.extend(found.iter().map(|p| p.file.clone()));
-                    problems.extend(found);
-                }
-            }
+        let scan = self.scanner.scan().await?;
+        if scan.secrets_changed {
+            // A changed Secret may make a channel deliverable, or not: look at everything.
+            self.queue_everything().await?;
         }
-
-        if self.secrets_seen.as_ref() != Some(&secrets) {
-            self.secrets.replace(secrets.clone());
-            if self.secrets_seen.is_some() {
-                // A changed Secret may make a channel deliverable, or not: look at everything.
-                self.queue_everything().await?;
-            }
-            self.secrets_seen = Some(secrets);
-        }
-        let index = self.store.index().await?;
-        let refused = self.check_transitions(&index, &mut scanned).await?;
-        for (problem, file) in refused {
-            broken.insert(file);
-            problems.push(problem);
-        }
-        if self.problems.as_ref() != Some(&problems) {
-            for problem in &problems {
-                warn!("{problem}");
-            }
-            if problems.is_empty() && self.problems.is_some() {
-                info!("every manifest is valid again");
-            }
-            self.store.replace_problems(&problems).await?;
-            self.problems = Some(problems);
-        }
-        let plan = sync::plan(&index, &scanned, &broken, || {
-            uuid::Uuid::new_v4().to_string()
-        });
-        for key in &plan.held {
-            debug!(object = %key, "kept at its last good version while its file has problems");
-        }
-        let now = Timestamp::now();
-        for change in &plan.changes {
-            self.store
-                .apply(change, now)
-                .await
-                .with_context(|| format!("storing {change:?}"))?;
-            let (key, what) = match change {
-                Change::Create { key, .. } => (key, "created"),
-                Change::Update { key, .. } => (key, "updated"),
-                Change::Revive { key, .. } => (key, "restored"),
-                Change::Delete { key } => (key, "deleted from the manifests"),
-            };
-            info!(object = %key, "{what}");
-            self.queue.at(key.clone(), Instant::now());
+        for key in scan.changed {
+            self.queue.at(key, Instant::now());
         }
         Ok(())
-    }
-
-    /// Checks changed specs against their stored version for the kind's transition rules
-    /// (`oldSelf`: immutable fields), as the API server does on update. A refused change is
-    /// taken out of `scanned`, so the object keeps its last good version, and returned as a
-    /// problem with its file.
-    async fn check_transitions(
-        &self,
-        index: &BTreeMap<Key, sync::Stored>,
-        scanned: &mut Vec<Scanned>,
-    ) -> anyhow::Result<Vec<(Problem, String)>> {
-        let mut refused = Vec::new();
-        let mut kept = Vec::with_capacity(scanned.len());
-        for doc in scanned.drain(..) {
-            let kind = Kind::from_name(&doc.key.kind);
-            let stored = match (kind, index.get(&doc.key)) {
-                (Some(kind), Some(stored)) if kind.has_transition_rules() && !stored.deleting => {
-                    self.store.get(&doc.key).await?.map(|s| (kind, s))
-                }
-                _ => None,
-            };
-            if let Some((kind, old)) = stored
-                && old.object.get("spec") != doc.object.get("spec")
-            {
-                let violations = manifest::schema::check(kind, &doc.object, Some(&old.object));
-                if let Some(violation) = violations.first() {
-                    refused.push((
-                        Problem {
-                            file: doc.file.clone(),
-                            line: doc.line,
-                            column: 1,
-                            field: manifest::field_path(&violation.path),
-                            reason: format!(
-                                "{}; {} keeps its current version",
-                                violation.reason, doc.key
-                            ),
-                        },
-                        doc.file.clone(),
-                    ));
-                    continue;
-                }
-            }
-            kept.push(doc);
-        }
-        *scanned = kept;
-        Ok(refused)
     }
 
     async fn queue_everything(&mut self) -> anyhow::Result<()> {
@@ -659,38 +526,6 @@ fn forward(
             }
         }
     });
-}
-
-/// Watches the manifest paths; every change sends a (coalesced) signal.
-fn watch(
-    paths: &[PathBuf],
-    changed: tokio::sync::mpsc::Sender<()>,
-) -> anyhow::Result<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            // A full channel already holds a pending signal: nothing is lost.
-            let _ = changed.try_send(());
-        }
-    })
-    .context("cannot watch the manifests")?;
-    for path in paths {
-        // Editors replace files rather than writing them in place: watch a file's directory.
-        let (target, mode) = if path.is_dir() {
-            (path.clone(), notify::RecursiveMode::Recursive)
-        } else {
-            (
-                path.parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .map_or_else(|| PathBuf::from("."), PathBuf::from),
-                notify::RecursiveMode::NonRecursive,
-            )
-        };
-        watcher
-            .watch(&target, mode)
-            .with_context(|| format!("cannot watch {}", target.display()))?;
-    }
-    Ok(watcher)
 }
 
 #[cfg(test)]

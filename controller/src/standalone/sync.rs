@@ -4,17 +4,25 @@
 //! - A new object gets a fresh uid and generation 1.
 //! - `generation` increases only when the spec changes; label or annotation edits update the
 //!   object without a new generation.
-//! - An object whose manifest disappeared is deleted: its cleanup runs, then its record goes.
-//! - An object whose file currently has an invalid or unreadable document is *held*: it keeps
-//!   its last good version, since the broken document may be that very object mid-edit.
-//!   Nothing is deleted because of a typo.
+//! - Creations and updates apply at once. An object whose file is gone or no longer defines it
+//!   is deleted only when a second scan, at least [`DELETE_AFTER`] later, agrees
+//!   ([`Missing`]): a file caught between truncation and rewrite deletes nothing.
+//! - An object read from a place the scan could not read completely ([`Unread`]: a file with
+//!   an invalid document or that cannot be read, a directory that cannot be read, a missing
+//!   manifest root) is *held*: it keeps its last good version, since the broken document may be
+//!   that very object mid-edit. Nothing is deleted because of a typo or a read error.
+//! - An object defined in two places is a conflict: it keeps its stored version (a new one is
+//!   not created) until only one place defines it.
 //! - Objects the operator made itself (a policy's runs) have no file ([`OPERATOR_MADE`]) and
 //!   are never deleted for being absent from the manifests; they go with their owner.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::manifest::Problem;
 
 /// Identifies an object: kind, namespace (empty for cluster-scoped kinds), name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -87,11 +95,165 @@ pub enum Change {
     },
 }
 
-/// The changes a scan calls for, and the objects held back because their file is broken.
+/// The changes a scan calls for, and what it leaves alone.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
     pub changes: Vec<Change>,
+    /// Kept at their stored version: their place could not be read, or they are in conflict.
     pub held: Vec<Key>,
+    /// Missing from the manifests, deleted if a later scan agrees.
+    pub waiting: Vec<Key>,
+    /// Conflicts between places that define the same object.
+    pub problems: Vec<Problem>,
+}
+
+/// How long after a scan first misses an object a scan that still misses it may delete it.
+pub const DELETE_AFTER: Duration = Duration::from_millis(250);
+
+/// Places the scan could not read completely: files, directories and manifest roots, each
+/// covering the files at or below it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unread(BTreeSet<String>);
+
+impl Unread {
+    pub fn insert(&mut self, path: &str) {
+        let trimmed = path.trim_end_matches('/');
+        self.0
+            .insert(if trimmed.is_empty() { "/" } else { trimmed }.to_owned());
+    }
+
+    /// Whether `file` is one of the places or below one.
+    pub fn covers(&self, file: &str) -> bool {
+        self.0.contains(file)
+            || file.match_indices('/').any(|(at, _)| {
+                let dir = if at == 0 { "/" } else { &file[..at] };
+                self.0.contains(dir)
+            })
+    }
+}
+
+/// Objects a scan missed, with when a scan first missed them, until a later scan deletes them
+/// or finds them again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Missing {
+    since: BTreeMap<Key, Instant>,
+}
+
+impl Missing {
+    /// When a scan can next confirm a deletion, if one is waiting.
+    pub fn recheck_at(&self) -> Option<Instant> {
+        self.since.values().min().map(|since| *since + DELETE_AFTER)
+    }
+}
+
+/// What a scan says of one object that was known before or is defined now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Defined by exactly one place: this one (an index into the scan's places).
+    Defined(usize),
+    /// Keeps its last good version, or stays absent when it had none.
+    Held,
+    /// Missing from this scan; not yet confirmed by a second one.
+    Waiting,
+    /// Missing from two scans at least [`DELETE_AFTER`] apart: to be deleted.
+    Gone,
+}
+
+/// One definition found by a scan.
+#[derive(Clone, Copy, Debug)]
+pub struct Place<'a> {
+    pub key: &'a Key,
+    pub file: &'a str,
+    pub line: u64,
+}
+
+/// Judges every object `known` before (key → the file it was read from; objects that may be
+/// deleted for being absent) and every one `places` define. Records the missing in `missing`
+/// and returns the conflicts as problems.
+pub fn judge(
+    known: &BTreeMap<&Key, &str>,
+    places: &[Place<'_>],
+    unread: &Unread,
+    missing: &mut Missing,
+    now: Instant,
+) -> (BTreeMap<Key, Verdict>, Vec<Problem>) {
+    let mut defined: BTreeMap<&Key, Vec<usize>> = BTreeMap::new();
+    for (i, place) in places.iter().enumerate() {
+        defined.entry(place.key).or_default().push(i);
+    }
+    let mut verdicts = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (key, at) in &defined {
+        missing.since.remove(*key);
+        let old = known.get(key).copied();
+        let verdict = match at[..] {
+            [one] => match old {
+                Some(old) if old != places[one].file && unread.covers(old) => {
+                    let place = places[one];
+                    problems.push(Problem {
+                        file: place.file.to_owned(),
+                        line: place.line,
+                        column: 1,
+                        field: "metadata.name".to_owned(),
+                        reason: format!(
+                            "{key} was read from {old}, which cannot be read now: it keeps its version from there, and this definition waits until {old} can be read"
+                        ),
+                    });
+                    Verdict::Held
+                }
+                _ => Verdict::Defined(one),
+            },
+            _ => {
+                let outcome = if old.is_some() {
+                    "it keeps its current version"
+                } else {
+                    "it is not created"
+                };
+                for &i in at {
+                    let others: Vec<String> = at
+                        .iter()
+                        .filter(|&&j| j != i)
+                        .map(|&j| format!("{}:{}", places[j].file, places[j].line))
+                        .collect();
+                    problems.push(Problem {
+                        file: places[i].file.to_owned(),
+                        line: places[i].line,
+                        column: 1,
+                        field: "metadata.name".to_owned(),
+                        reason: format!(
+                            "{key} is also defined at {}; {outcome} until only one place defines it",
+                            others.join(", ")
+                        ),
+                    });
+                }
+                Verdict::Held
+            }
+        };
+        verdicts.insert((*key).clone(), verdict);
+    }
+    for (key, file) in known {
+        if defined.contains_key(key) {
+            continue;
+        }
+        let verdict = if unread.covers(file) {
+            missing.since.remove(*key);
+            Verdict::Held
+        } else {
+            let since = *missing.since.entry((*key).clone()).or_insert(now);
+            if now.saturating_duration_since(since) >= DELETE_AFTER {
+                missing.since.remove(*key);
+                Verdict::Gone
+            } else {
+                Verdict::Waiting
+            }
+        };
+        verdicts.insert((*key).clone(), verdict);
+    }
+    // Objects deleted or made by the operator since are no longer waited for.
+    missing
+        .since
+        .retain(|key, _| verdicts.get(key) == Some(&Verdict::Waiting));
+    (verdicts, problems)
 }
 
 /// The `file` of objects the operator made itself rather than read from a manifest.
@@ -102,74 +264,98 @@ pub fn hash(value: &Value) -> String {
     hex::encode(Sha256::digest(value.to_string().as_bytes()))
 }
 
-/// Plans the changes from `stored` records to the `scanned` documents. `broken_files` are
-/// files with at least one document that could not be read or checked. `new_uid` makes uids.
+/// Plans the changes from `stored` records to the `scanned` documents, at `now`. `unread` are
+/// the places the scan could not read completely; `missing` carries what earlier scans missed.
+/// `new_uid` makes uids.
 pub fn plan(
     stored: &BTreeMap<Key, Stored>,
     scanned: &[Scanned],
-    broken_files: &BTreeSet<String>,
+    unread: &Unread,
+    missing: &mut Missing,
+    now: Instant,
     mut new_uid: impl FnMut() -> String,
 ) -> Plan {
-    let mut plan = Plan::default();
-    let mut seen = BTreeSet::new();
-    for doc in scanned {
-        if !seen.insert(doc.key.clone()) {
-            // Defined twice: the first definition wins; `validate` reports the duplicate.
-            continue;
-        }
-        let spec_hash = hash(doc.object.get("spec").unwrap_or(&Value::Null));
-        let object_hash = hash(&doc.object);
-        let (key, object, file, line) = (
-            doc.key.clone(),
-            doc.object.clone(),
-            doc.file.clone(),
-            doc.line,
-        );
-        match stored.get(&doc.key) {
-            None => plan.changes.push(Change::Create {
-                key,
-                uid: new_uid(),
-                object,
-                file,
-                line,
-            }),
-            Some(old) => {
-                let generation = if old.spec_hash == spec_hash {
-                    old.generation
-                } else {
-                    old.generation + 1
-                };
-                if old.deleting {
-                    plan.changes.push(Change::Revive {
-                        key,
-                        generation,
-                        object,
-                        file,
-                        line,
-                    });
-                } else if old.object_hash != object_hash || old.file != doc.file {
-                    plan.changes.push(Change::Update {
-                        key,
-                        generation,
-                        object,
-                        file,
-                        line,
-                    });
+    // Objects being deleted already, or made by the operator, are not deleted for their absence.
+    let known: BTreeMap<&Key, &str> = stored
+        .iter()
+        .filter(|(_, old)| !old.deleting && old.file != OPERATOR_MADE)
+        .map(|(key, old)| (key, old.file.as_str()))
+        .collect();
+    let places: Vec<Place<'_>> = scanned
+        .iter()
+        .map(|doc| Place {
+            key: &doc.key,
+            file: &doc.file,
+            line: doc.line,
+        })
+        .collect();
+    let (verdicts, problems) = judge(&known, &places, unread, missing, now);
+    let mut plan = Plan {
+        problems,
+        ..Plan::default()
+    };
+    for (key, verdict) in verdicts {
+        match verdict {
+            Verdict::Defined(i) => {
+                if let Some(change) = change_to(stored.get(&key), &scanned[i], &mut new_uid) {
+                    plan.changes.push(change);
                 }
             }
-        }
-    }
-    for (key, old) in stored {
-        if seen.contains(key) || old.deleting || old.file == OPERATOR_MADE {
-            continue;
-        }
-        if broken_files.contains(&old.file) {
-            plan.held.push(key.clone());
-        } else {
-            plan.changes.push(Change::Delete { key: key.clone() });
+            Verdict::Held => plan.held.push(key),
+            Verdict::Waiting => plan.waiting.push(key),
+            Verdict::Gone => plan.changes.push(Change::Delete { key }),
         }
     }
     plan
+}
+
+/// The change that brings `old` (if any) to `doc`, if it takes one.
+fn change_to(
+    old: Option<&Stored>,
+    doc: &Scanned,
+    new_uid: &mut impl FnMut() -> String,
+) -> Option<Change> {
+    let spec_hash = hash(doc.object.get("spec").unwrap_or(&Value::Null));
+    let object_hash = hash(&doc.object);
+    let (key, object, file, line) = (
+        doc.key.clone(),
+        doc.object.clone(),
+        doc.file.clone(),
+        doc.line,
+    );
+    let Some(old) = old else {
+        return Some(Change::Create {
+            key,
+            uid: new_uid(),
+            object,
+            file,
+            line,
+        });
+    };
+    let generation = if old.spec_hash == spec_hash {
+        old.generation
+    } else {
+        old.generation + 1
+    };
+    if old.deleting {
+        Some(Change::Revive {
+            key,
+            generation,
+            object,
+            file,
+            line,
+        })
+    } else if old.object_hash != object_hash || old.file != doc.file {
+        Some(Change::Update {
+            key,
+            generation,
+            object,
+            file,
+            line,
+        })
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -252,13 +438,35 @@ mod tests {
         }
     }
 
+    fn unread(paths: &[&str]) -> Unread {
+        let mut unread = Unread::default();
+        for path in paths {
+            unread.insert(path);
+        }
+        unread
+    }
+
+    /// A plan at `now` with nothing unread and nothing missing before.
+    fn plan_now(stored: &BTreeMap<Key, Stored>, scanned: &[Scanned]) -> Plan {
+        plan(
+            stored,
+            scanned,
+            &Unread::default(),
+            &mut Missing::default(),
+            Instant::now(),
+            uids(),
+        )
+    }
+
+    fn created(scanned: &[Scanned]) -> BTreeMap<Key, Stored> {
+        stored_from(&plan_now(&BTreeMap::new(), scanned), &BTreeMap::new())
+    }
+
     #[test]
     fn new_objects_get_a_uid_and_generation_one() {
-        let plan = plan(
+        let plan = plan_now(
             &BTreeMap::new(),
             &[doc("a", json!({"verify": true}), json!({}), "a.yaml")],
-            &BTreeSet::new(),
-            uids(),
         );
         assert!(matches!(&plan.changes[..], [Change::Create { uid, .. }] if uid == "uid-1"));
     }
@@ -266,16 +474,10 @@ mod tests {
     #[test]
     fn generation_moves_with_the_spec_only() {
         let first = [doc("a", json!({"verify": true}), json!({}), "a.yaml")];
-        let stored = stored_from(
-            &plan(&BTreeMap::new(), &first, &BTreeSet::new(), uids()),
-            &BTreeMap::new(),
-        );
+        let stored = created(&first);
 
         // Unchanged: nothing to do.
-        assert_eq!(
-            plan(&stored, &first, &BTreeSet::new(), uids()),
-            Plan::default()
-        );
+        assert_eq!(plan_now(&stored, &first), Plan::default());
 
         // A label edit: a new version, same generation.
         let relabelled = [doc(
@@ -284,7 +486,7 @@ mod tests {
             json!({"team": "ops"}),
             "a.yaml",
         )];
-        let p = plan(&stored, &relabelled, &BTreeSet::new(), uids());
+        let p = plan_now(&stored, &relabelled);
         assert!(
             matches!(&p.changes[..], [Change::Update { generation: 1, .. }]),
             "{p:?}"
@@ -298,7 +500,7 @@ mod tests {
             json!({"team": "ops"}),
             "a.yaml",
         )];
-        let p = plan(&stored, &changed, &BTreeSet::new(), uids());
+        let p = plan_now(&stored, &changed);
         assert!(
             matches!(&p.changes[..], [Change::Update { generation: 2, .. }]),
             "{p:?}"
@@ -307,38 +509,122 @@ mod tests {
     }
 
     #[test]
-    fn a_vanished_manifest_deletes_but_a_broken_file_holds() {
+    fn a_missing_object_is_deleted_only_when_a_second_scan_agrees_after_the_delay() {
         let docs = [
             doc("a", json!({}), json!({}), "a.yaml"),
             doc("b", json!({}), json!({}), "b.yaml"),
         ];
-        let stored = stored_from(
-            &plan(&BTreeMap::new(), &docs, &BTreeSet::new(), uids()),
-            &BTreeMap::new(),
-        );
+        let stored = created(&docs);
+        let mut missing = Missing::default();
+        let start = Instant::now();
+        let at = |scanned: &[Scanned], after_ms: u64, missing: &mut Missing| {
+            plan(
+                &stored,
+                scanned,
+                &Unread::default(),
+                missing,
+                start + Duration::from_millis(after_ms),
+                uids(),
+            )
+        };
 
-        // b.yaml now fails to parse and a.yaml was removed.
-        let broken = BTreeSet::from(["b.yaml".to_owned()]);
-        let p = plan(&stored, &[], &broken, uids());
+        // a.yaml is truncated: the first scan only notes it; so does one soon after.
+        let p = at(&docs[1..], 0, &mut missing);
+        assert_eq!((p.changes.len(), &p.waiting[..]), (0, &[key("a")][..]));
+        assert_eq!(missing.recheck_at(), Some(start + DELETE_AFTER));
+        let p = at(&docs[1..], 100, &mut missing);
+        assert_eq!((p.changes.len(), &p.waiting[..]), (0, &[key("a")][..]));
+
+        // Its content is back: nothing happened, and nothing waits.
+        assert_eq!(at(&docs, 200, &mut missing), Plan::default());
+        assert_eq!(missing.recheck_at(), None);
+
+        // Missing again: the delay counts from this scan, not the first one.
+        assert_eq!(at(&docs[1..], 300, &mut missing).waiting, [key("a")]);
+        assert_eq!(at(&docs[1..], 500, &mut missing).waiting, [key("a")]);
+        let p = at(&docs[1..], 550, &mut missing);
         assert_eq!(p.changes, [Change::Delete { key: key("a") }]);
-        assert_eq!(p.held, [key("b")]);
+        assert_eq!(missing.recheck_at(), None);
+    }
+
+    #[test]
+    fn objects_below_an_unread_place_are_held_and_not_waited_for() {
+        let docs = [
+            doc("a", json!({}), json!({}), "m/a.yaml"),
+            doc("b", json!({}), json!({}), "m/team/b.yaml"),
+            doc("c", json!({}), json!({}), "m/teams.yaml"),
+            doc("d", json!({}), json!({}), "other/d.yaml"),
+        ];
+        let stored = created(&docs);
+        let mut missing = Missing::default();
+        let start = Instant::now();
+
+        // The directory m/team cannot be read, and a.yaml fails to parse.
+        let unread_now = unread(&["m/team/", "m/a.yaml"]);
+        for after_ms in [0, 1_000] {
+            let p = plan(
+                &stored,
+                &docs[2..],
+                &unread_now,
+                &mut missing,
+                start + Duration::from_millis(after_ms),
+                uids(),
+            );
+            assert_eq!(p.held, [key("a"), key("b")]);
+            assert!(p.changes.is_empty() && p.waiting.is_empty(), "{p:?}");
+        }
+
+        // The whole root m is missing: everything read from it is held, the rest goes on.
+        for after_ms in [0, 1_000] {
+            let p = plan(
+                &stored,
+                &[],
+                &unread(&["m"]),
+                &mut missing,
+                start + Duration::from_millis(after_ms),
+                uids(),
+            );
+            assert_eq!(p.held, [key("a"), key("b"), key("c")]);
+            if after_ms == 0 {
+                assert_eq!(p.waiting, [key("d")]);
+            } else {
+                assert_eq!(p.changes, [Change::Delete { key: key("d") }]);
+            }
+        }
+    }
+
+    #[test]
+    fn unread_covers_a_place_and_what_is_below_it_only() {
+        let unread = unread(&["m/team", "/abs/", "x.yaml"]);
+        assert!(unread.covers("m/team"));
+        assert!(unread.covers("m/team/b.yaml"));
+        assert!(!unread.covers("m/teams.yaml"));
+        assert!(!unread.covers("m/tea"));
+        assert!(unread.covers("/abs/a/b.yaml"));
+        assert!(unread.covers("x.yaml"));
+        assert!(!unread.covers("x.yaml.bak"));
+        assert!(!Unread::default().covers("/"));
     }
 
     #[test]
     fn an_object_whose_manifest_returns_during_deletion_is_revived() {
         let docs = [doc("a", json!({"x": 1}), json!({}), "a.yaml")];
-        let stored = stored_from(
-            &plan(&BTreeMap::new(), &docs, &BTreeSet::new(), uids()),
-            &BTreeMap::new(),
+        let stored = created(&docs);
+        let mut deleting = stored.clone();
+        deleting.get_mut(&key("a")).unwrap().deleting = true;
+        // Still being cleaned up and still absent: no new change, nothing waits.
+        let mut missing = Missing::default();
+        let p = plan(
+            &deleting,
+            &[],
+            &Unread::default(),
+            &mut missing,
+            Instant::now(),
+            uids(),
         );
-        let deleting = stored_from(&plan(&stored, &[], &BTreeSet::new(), uids()), &stored);
-        assert!(deleting[&key("a")].deleting);
-        // Still being cleaned up and still absent: no new change.
-        assert_eq!(
-            plan(&deleting, &[], &BTreeSet::new(), uids()),
-            Plan::default()
-        );
-        let p = plan(&deleting, &docs, &BTreeSet::new(), uids());
+        assert_eq!(p, Plan::default());
+        assert_eq!(missing.recheck_at(), None);
+        let p = plan_now(&deleting, &docs);
         assert!(
             matches!(&p.changes[..], [Change::Revive { generation: 1, .. }]),
             "{p:?}"
@@ -346,13 +632,74 @@ mod tests {
     }
 
     #[test]
-    fn a_duplicate_definition_does_not_flip_the_object() {
-        let docs = [
-            doc("a", json!({"x": 1}), json!({}), "a.yaml"),
-            doc("a", json!({"x": 2}), json!({}), "z.yaml"),
-        ];
-        let p = plan(&BTreeMap::new(), &docs, &BTreeSet::new(), uids());
-        assert_eq!(p.changes.len(), 1);
-        assert!(matches!(&p.changes[0], Change::Create { file, .. } if file == "a.yaml"));
+    fn an_object_defined_twice_is_a_conflict_and_keeps_its_stored_version() {
+        let a1 = doc("a", json!({"x": 1}), json!({}), "a.yaml");
+        let a2 = doc("a", json!({"x": 2}), json!({}), "z.yaml");
+
+        // New and defined twice: neither definition is created, both places are named.
+        let p = plan_now(&BTreeMap::new(), &[a1.clone(), a2.clone()]);
+        assert!(p.changes.is_empty(), "{p:?}");
+        let reasons: Vec<String> = p.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            [
+                "a.yaml:1:1: metadata.name: AlertChannel default/a is also defined at z.yaml:1; it is not created until only one place defines it",
+                "z.yaml:1:1: metadata.name: AlertChannel default/a is also defined at a.yaml:1; it is not created until only one place defines it",
+            ]
+        );
+
+        // Stored from a.yaml, then defined again in z.yaml: held at the stored version.
+        let stored = created(std::slice::from_ref(&a1));
+        let p = plan_now(&stored, &[a1.clone(), a2.clone()]);
+        assert_eq!((p.changes.len(), &p.held[..]), (0, &[key("a")][..]));
+        assert!(
+            p.problems[0]
+                .reason
+                .ends_with("it keeps its current version until only one place defines it"),
+            "{p:?}"
+        );
+
+        // a.yaml now has a typo: the object does not switch to z.yaml's definition.
+        let mut missing = Missing::default();
+        let p = plan(
+            &stored,
+            std::slice::from_ref(&a2),
+            &unread(&["a.yaml"]),
+            &mut missing,
+            Instant::now(),
+            uids(),
+        );
+        assert_eq!((p.changes.len(), &p.held[..]), (0, &[key("a")][..]));
+        assert_eq!(
+            p.problems[0].to_string(),
+            "z.yaml:1:1: metadata.name: AlertChannel default/a was read from a.yaml, which cannot be read now: it keeps its version from there, and this definition waits until a.yaml can be read"
+        );
+
+        // Once a.yaml is readable and no longer defines it, the object moves to z.yaml.
+        let p = plan_now(&stored, std::slice::from_ref(&a2));
+        assert!(
+            matches!(&p.changes[..], [Change::Update { generation: 2, file, .. }] if file == "z.yaml"),
+            "{p:?}"
+        );
+        assert_eq!(stored_from(&p, &stored)[&key("a")].uid, "uid-1");
+    }
+
+    #[test]
+    fn objects_the_operator_made_are_never_deleted_for_their_absence() {
+        let mut stored = created(&[doc("a", json!({}), json!({}), "a.yaml")]);
+        stored.get_mut(&key("a")).unwrap().file = OPERATOR_MADE.to_owned();
+        let mut missing = Missing::default();
+        let start = Instant::now();
+        for after_ms in [0, 1_000] {
+            let p = plan(
+                &stored,
+                &[],
+                &Unread::default(),
+                &mut missing,
+                start + Duration::from_millis(after_ms),
+                uids(),
+            );
+            assert_eq!(p, Plan::default());
+        }
     }
 }

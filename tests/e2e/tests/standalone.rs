@@ -25,20 +25,60 @@ fn write(operator: &Operator, file: &str, text: &str) {
 
 /// Waits until `infrapilot get KIND` reports a problem containing `needle`; returns the report.
 async fn wait_for_problem(operator: &Operator, kind: &str, needle: &str) -> String {
+    wait_for_problem_within(operator, kind, needle, Duration::from_secs(10)).await
+}
+
+/// [`wait_for_problem`], failing when it takes longer than `timeout`.
+async fn wait_for_problem_within(
+    operator: &Operator,
+    kind: &str,
+    needle: &str,
+    timeout: Duration,
+) -> String {
+    eventually(&format!("a problem with {needle:?}"), timeout, || async {
+        let output = cli(operator.dir(), &["get", kind]).await?;
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if stderr.contains(needle) {
+            Ok(stderr)
+        } else {
+            Err(anyhow::anyhow!("{stderr}"))
+        }
+    })
+    .await
+}
+
+/// Waits until the operator's log contains `needle`.
+async fn wait_for_log(operator: &Operator, needle: &str) {
     eventually(
-        &format!("a problem with {needle:?}"),
+        &format!("{needle:?} in the operator's log"),
         Duration::from_secs(10),
         || async {
-            let output = cli(operator.dir(), &["get", kind]).await?;
-            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-            if stderr.contains(needle) {
-                Ok(stderr)
+            let log = operator.log();
+            if log.contains(needle) {
+                Ok(())
             } else {
-                Err(anyhow::anyhow!("{stderr}"))
+                Err(log)
             }
         },
     )
-    .await
+    .await;
+}
+
+/// Waits until the AlertChannel `name` is gone from the store.
+async fn wait_for_gone(operator: &Operator, name: &str) {
+    eventually(
+        &format!("the channel {name} to be gone"),
+        Duration::from_secs(30),
+        || async {
+            let output = cli(operator.dir(), &["get", "alertchannels", name]).await?;
+            if output.status.code() == Some(1) {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("still there"))
+            }
+        },
+    )
+    .await;
 }
 
 fn ready_reason(object: &serde_json::Value) -> String {
@@ -78,39 +118,14 @@ async fn a_channel_is_verified_once_changed_reverified_and_deleted_with_its_mani
         "ops.yaml",
         &webhook_channel("ops", &server.url("/ops-v2"), true),
     );
-    let changed = eventually(
-        "generation 2 to be verified",
-        Duration::from_secs(30),
-        || async {
-            let object = operator.get("ach", "ops").await?;
-            let observed = object["status"]["observedGeneration"].as_i64();
-            if observed == Some(2) && object["status"]["verified"] == true {
-                Ok(object)
-            } else {
-                Err(anyhow::anyhow!("{object}"))
-            }
-        },
-    )
-    .await;
+    let changed = wait_for_verified_generation(&operator, "ops", 2).await;
     assert_eq!(changed["metadata"]["uid"], uid.as_str());
     let requests = server.wait_for_requests(2, Duration::from_secs(5)).await;
     assert_eq!(requests[1].path, "/ops-v2");
 
     // Removing the manifest deletes the object.
     std::fs::remove_file(operator.manifests().join("ops.yaml")).unwrap();
-    eventually(
-        "the channel to be gone",
-        Duration::from_secs(30),
-        || async {
-            let output = cli(operator.dir(), &["get", "alertchannels", "ops"]).await?;
-            if output.status.code() == Some(1) {
-                Ok(())
-            } else {
-                Err(anyhow::anyhow!("still there"))
-            }
-        },
-    )
-    .await;
+    wait_for_gone(&operator, "ops").await;
     assert_eq!(server.requests().len(), 2, "nothing more was sent");
     operator.stop().await.unwrap();
 }
@@ -152,19 +167,7 @@ async fn a_broken_manifest_is_reported_while_the_others_keep_reconciling() {
         stderr.contains("manifests/bad.yaml:8:3: spec.verfy: unknown field \"verfy\""),
         "{stderr}"
     );
-    eventually(
-        "the problem in the operator's log",
-        Duration::from_secs(10),
-        || async {
-            let log = operator.log();
-            if log.contains("manifests/bad.yaml:8:3: spec.verfy") {
-                Ok(())
-            } else {
-                Err(log)
-            }
-        },
-    )
-    .await;
+    wait_for_log(&operator, "manifests/bad.yaml:8:3: spec.verfy").await;
 
     // The good channel still follows its manifest.
     write(
@@ -379,5 +382,254 @@ async fn an_immutable_field_cannot_change_and_the_object_keeps_its_version() {
         }
     })
     .await;
+    operator.stop().await.unwrap();
+}
+
+fn uid(object: &serde_json::Value) -> String {
+    object["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Waits until `infrapilot get KIND` reports no manifest problem.
+async fn wait_for_no_problem(operator: &Operator, kind: &str) {
+    eventually("no manifest problem", Duration::from_secs(10), || async {
+        let output = cli(operator.dir(), &["get", kind]).await?;
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if stderr.contains("manifest problem") {
+            Err(anyhow::anyhow!("{stderr}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+}
+
+/// Waits until the channel's spec of generation `generation` is verified.
+async fn wait_for_verified_generation(
+    operator: &Operator,
+    name: &str,
+    generation: i64,
+) -> serde_json::Value {
+    eventually(
+        &format!("generation {generation} of {name} to be verified"),
+        Duration::from_secs(30),
+        || async {
+            let object = operator.get("ach", name).await?;
+            if object["status"]["observedGeneration"] == generation
+                && object["status"]["verified"] == true
+            {
+                Ok(object)
+            } else {
+                Err(anyhow::anyhow!("{object}"))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn renaming_the_manifest_directory_away_for_a_second_deletes_nothing_and_keeps_every_uid() {
+    let server = WebhookServer::start().await.unwrap();
+    let operator = Operator::standalone(&env::test_dir("standalone-root-away")).unwrap();
+    for name in ["a", "b"] {
+        write(
+            &operator,
+            &format!("{name}.yaml"),
+            &webhook_channel(name, &server.url(&format!("/{name}")), true),
+        );
+    }
+    let mut uids = Vec::new();
+    for name in ["a", "b"] {
+        let ready = operator
+            .wait_for_condition("ach", name, "Ready", "True")
+            .await;
+        uids.push(uid(&ready));
+    }
+    server.wait_for_requests(2, Duration::from_secs(5)).await;
+
+    let away = operator.dir().join("manifests.away");
+    std::fs::rename(operator.manifests(), &away).unwrap();
+    let stderr = wait_for_problem(&operator, "ach", "the manifest path does not exist").await;
+    assert!(
+        stderr.contains("manifests: the manifest path does not exist"),
+        "{stderr}"
+    );
+    // The scenario itself: the directory stays away for a second, four times the delay after
+    // which a scan that still missed the objects would delete them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::rename(&away, operator.manifests()).unwrap();
+    wait_for_no_problem(&operator, "ach").await;
+
+    for (name, uid_before) in ["a", "b"].into_iter().zip(&uids) {
+        let object = operator.get("ach", name).await.unwrap();
+        assert_eq!(&uid(&object), uid_before, "{name} was made again");
+        assert_eq!(object["metadata"]["generation"], 1);
+    }
+    let log = operator.log();
+    assert!(
+        !log.contains("deleted from the manifests") && !log.contains("missing from the manifests"),
+        "{log}"
+    );
+    assert_eq!(server.requests().len(), 2, "a channel was verified again");
+
+    // The directory is watched again: an edit and a removal are seen, and the removal deletes.
+    write(
+        &operator,
+        "a.yaml",
+        &webhook_channel("a", &server.url("/a-2"), true),
+    );
+    let changed = wait_for_verified_generation(&operator, "a", 2).await;
+    assert_eq!(uid(&changed), uids[0]);
+    std::fs::remove_file(operator.manifests().join("b.yaml")).unwrap();
+    wait_for_gone(&operator, "b").await;
+    operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_manifest_truncated_and_then_written_keeps_its_uid() {
+    let server = WebhookServer::start().await.unwrap();
+    let operator = Operator::standalone(&env::test_dir("standalone-truncate")).unwrap();
+    let manifest = webhook_channel("ops", &server.url("/ops"), true);
+    write(&operator, "ops.yaml", &manifest);
+    let ready = operator
+        .wait_for_condition("ach", "ops", "Ready", "True")
+        .await;
+    let uid_before = uid(&ready);
+
+    // A writer that truncates the file in place and writes it a moment later, and a scan that
+    // reads the empty file in between.
+    let path = operator.manifests().join("ops.yaml");
+    std::fs::File::create(&path).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !operator
+        .log()
+        .contains("missing from the manifests: deleted if still missing")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scan read the empty file: {}",
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::fs::write(&path, &manifest).unwrap();
+    // The second scan finds the channel again.
+    wait_for_log(&operator, "back in the manifests: not deleted").await;
+
+    let object = operator.get("ach", "ops").await.unwrap();
+    assert_eq!(uid(&object), uid_before);
+    assert_eq!(object["metadata"]["generation"], 1);
+    assert!(!operator.log().contains("deleted from the manifests"));
+    assert_eq!(server.requests().len(), 1, "the channel was verified again");
+    operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn symlink_loops_a_link_to_dev_zero_and_a_fifo_are_reported_within_a_second_while_others_reconcile()
+ {
+    let server = WebhookServer::start().await.unwrap();
+    let operator = Operator::standalone(&env::test_dir("standalone-hostile-files")).unwrap();
+    write(
+        &operator,
+        "ops.yaml",
+        &webhook_channel("ops", &server.url("/ops"), true),
+    );
+    let ready = operator
+        .wait_for_condition("ach", "ops", "Ready", "True")
+        .await;
+    let manifests = operator.manifests();
+
+    std::os::unix::fs::symlink(".", manifests.join("a")).unwrap();
+    std::os::unix::fs::symlink(".", manifests.join("b")).unwrap();
+    let loop_problem = |name: &str| {
+        format!(
+            "manifests/{name}: is the directory manifests again (a symlink loop or a second link to it); read once"
+        )
+    };
+    let stderr =
+        wait_for_problem_within(&operator, "ach", &loop_problem("b"), Duration::from_secs(1)).await;
+    assert!(stderr.contains(&loop_problem("a")), "{stderr}");
+
+    std::os::unix::fs::symlink("/dev/zero", manifests.join("zero.yaml")).unwrap();
+    wait_for_problem_within(
+        &operator,
+        "ach",
+        "manifests/zero.yaml: is a character device, not a regular file: not read",
+        Duration::from_secs(1),
+    )
+    .await;
+
+    let made = std::process::Command::new("mkfifo")
+        .arg(manifests.join("fifo.yaml"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let stderr = wait_for_problem_within(
+        &operator,
+        "ach",
+        "manifests/fifo.yaml: is a FIFO, not a regular file: not read",
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(
+        stderr.contains(&loop_problem("a")) && stderr.contains("zero.yaml"),
+        "{stderr}"
+    );
+
+    // The channel next to them still follows its manifest, and is the same object.
+    write(
+        &operator,
+        "ops.yaml",
+        &webhook_channel("ops", &server.url("/ops-2"), true),
+    );
+    let changed = wait_for_verified_generation(&operator, "ops", 2).await;
+    assert_eq!(uid(&changed), uid(&ready));
+    let requests = server.wait_for_requests(2, Duration::from_secs(5)).await;
+    assert_eq!(requests[1].path, "/ops-2");
+    operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_object_defined_in_two_files_is_a_conflict_and_keeps_its_version() {
+    let server = WebhookServer::start().await.unwrap();
+    let operator = Operator::standalone(&env::test_dir("standalone-conflict")).unwrap();
+    write(
+        &operator,
+        "a.yaml",
+        &webhook_channel("ops", &server.url("/a"), true),
+    );
+    let ready = operator
+        .wait_for_condition("ach", "ops", "Ready", "True")
+        .await;
+
+    write(
+        &operator,
+        "b.yaml",
+        &webhook_channel("ops", &server.url("/b"), true),
+    );
+    let stderr = wait_for_problem(&operator, "ach", "is also defined at").await;
+    assert!(
+        stderr.contains("manifests/b.yaml:1:1: metadata.name: AlertChannel default/ops is also defined at manifests/a.yaml:1; it keeps its current version"),
+        "{stderr}"
+    );
+    // A typo in the file it was read from does not switch it to the other definition.
+    write(
+        &operator,
+        "a.yaml",
+        &webhook_channel("ops", &server.url("/a"), true).replace("  verify", "  verfy"),
+    );
+    wait_for_problem(&operator, "ach", "which cannot be read now").await;
+    let kept = operator.get("ach", "ops").await.unwrap();
+    assert_eq!(kept["spec"]["webhook"]["url"], server.url("/a"));
+    assert_eq!(uid(&kept), uid(&ready));
+
+    // Once only b.yaml defines it, b.yaml's definition applies.
+    std::fs::remove_file(operator.manifests().join("a.yaml")).unwrap();
+    let moved = wait_for_verified_generation(&operator, "ops", 2).await;
+    assert_eq!(moved["spec"]["webhook"]["url"], server.url("/b"));
+    assert_eq!(uid(&moved), uid(&ready));
+    wait_for_no_problem(&operator, "ach").await;
     operator.stop().await.unwrap();
 }

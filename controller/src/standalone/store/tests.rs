@@ -1,9 +1,7 @@
-use std::collections::BTreeSet;
-
 use serde_json::json;
 
 use super::*;
-use crate::standalone::sync::{Scanned, plan};
+use crate::standalone::sync::{DELETE_AFTER, Missing, Scanned, Unread, plan};
 use crate::state::{Database, sqlite_url};
 
 fn key(name: &str) -> Key {
@@ -32,18 +30,23 @@ async fn store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// Brings the store to `docs` with two scans, the second one confirming deletions.
 async fn sync(store: &Store, docs: &[Scanned]) {
-    let index = store.index().await.unwrap();
-    let mut n = 0;
-    let p = plan(&index, docs, &BTreeSet::new(), || {
-        n += 1;
-        format!("uid-{n}")
-    });
-    for change in &p.changes {
-        store
-            .apply(change, Timestamp::from_second(1_800_000_000).unwrap())
-            .await
-            .unwrap();
+    let mut missing = Missing::default();
+    let start = std::time::Instant::now();
+    for at in [start, start + DELETE_AFTER] {
+        let index = store.index().await.unwrap();
+        let mut n = 0;
+        let p = plan(&index, docs, &Unread::default(), &mut missing, at, || {
+            n += 1;
+            format!("uid-{n}")
+        });
+        for change in &p.changes {
+            store
+                .apply(change, Timestamp::from_second(1_800_000_000).unwrap())
+                .await
+                .unwrap();
+        }
     }
 }
 
