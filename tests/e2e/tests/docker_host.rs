@@ -1,0 +1,232 @@
+//! The operator reaching Docker the way the docker CLI does: `DOCKER_HOST=tcp://…` through a
+//! socat bridge to the local socket, plain and with TLS (`DOCKER_TLS_VERIFY`,
+//! `DOCKER_CERT_PATH`), serving a Proxy through the edge and restoring a backup; and the
+//! errors that name `DOCKER_HOST` when it is malformed or does not answer.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use infrapilot_e2e::docker::{ContainerSpec, TestDocker, images};
+use infrapilot_e2e::dumps::{Fixture, Kind};
+use infrapilot_e2e::edge::{TestEdge, free_port};
+use infrapilot_e2e::operator::Operator;
+use infrapilot_e2e::process::Process;
+use infrapilot_e2e::wait::eventually;
+use infrapilot_e2e::{env, names};
+
+use crate::backup::{DATA_CHECKS, RUN_ON_CREATE, check, completed_run, leftover_servers, policy};
+use crate::proxy::{by_name, certificate_for, proxy};
+
+/// The local engine's socket, which the bridge forwards to.
+const SOCKET: &str = "/var/run/docker.sock";
+
+/// A socat bridge from a loopback TCP port to the Docker socket, logging each connection.
+struct Bridge {
+    port: u16,
+    process: Process,
+}
+
+impl Bridge {
+    /// Plain TCP, or TLS when `tls` gives (server chain, server key, CA of client certificates)
+    /// files: socat then requires a client certificate that CA signed.
+    async fn start(dir: &Path, tls: Option<(&Path, &Path, &Path)>) -> Self {
+        let port = free_port();
+        let listen = match tls {
+            None => format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"),
+            Some((cert, key, ca)) => format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,cert={},key={},cafile={},verify=1",
+                cert.display(),
+                key.display(),
+                ca.display()
+            ),
+        };
+        let mut command = tokio::process::Command::new("socat");
+        command
+            .args(["-d", "-d", &listen])
+            .arg(format!("UNIX-CONNECT:{SOCKET}"));
+        let process = Process::spawn("socat", command, &dir.join("socat.log"))
+            .expect("socat starts (tests/env/provision.sh installs it)");
+        let bridge = Self { port, process };
+        eventually("socat to listen", Duration::from_secs(10), || async {
+            if bridge.process.log().contains("listening on") {
+                Ok(())
+            } else {
+                Err(bridge.process.log())
+            }
+        })
+        .await;
+        bridge
+    }
+
+    /// How many connections the bridge accepted.
+    fn connections(&self) -> usize {
+        self.process
+            .log()
+            .matches("accepting connection from")
+            .count()
+    }
+}
+
+/// A Proxy to an app container and a backup validation policy, served and restored by an
+/// operator that reaches Docker with `docker_env` only.
+async fn proxy_and_backup(test: &str, bridge: &Bridge, dir: &Path, docker_env: &[(&str, &str)]) {
+    let docker = TestDocker::new(test).await;
+    let edge = TestEdge::new(&docker);
+    let app = docker
+        .run(ContainerSpec::new(images::APP))
+        .await
+        .expect("the app container");
+    let fixture = Fixture::make(test, &[Kind::Custom, Kind::Directory])
+        .await
+        .expect("the dumps");
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).expect("the manifests directory");
+    std::fs::write(
+        manifests.join("shop.yaml"),
+        proxy("shop", "shop.example.test", &by_name(&app.name), ""),
+    )
+    .expect("the Proxy manifest");
+    // A custom dump reaches pg_restore on its standard input; a directory dump is uploaded.
+    for (name, kind) in [("custom", Kind::Custom), ("directory", Kind::Directory)] {
+        std::fs::write(
+            manifests.join(format!("{name}.yaml")),
+            policy(name, &fixture.path(kind), DATA_CHECKS, RUN_ON_CREATE),
+        )
+        .expect("the policy manifest");
+    }
+    assert_eq!(bridge.connections(), 0, "nothing used the bridge yet");
+    let mut args = vec!["run", "--manifests", "manifests"];
+    let edge_args = edge.args();
+    args.extend(edge_args.iter().map(String::as_str));
+    let operator = Operator::start_with_env(dir, &args, docker_env).expect("the operator starts");
+
+    operator
+        .wait_for_condition("proxy", "shop", "Ready", "True")
+        .await;
+    edge.wait_for("shop.example.test", 200, &app.name, || operator.log())
+        .await;
+    for name in ["custom", "directory"] {
+        let run = completed_run(&operator, name).await;
+        assert_eq!(
+            run["status"]["phase"], "Succeeded",
+            "{name}: {:#}",
+            run["status"]
+        );
+        assert_eq!(check(&run, "restore")["result"], "Passed", "{name}");
+        let uid = run["metadata"]["uid"].as_str().expect("a uid");
+        assert!(
+            leftover_servers(uid).await.is_empty(),
+            "{name}: server left"
+        );
+    }
+    // Everything went through the bridge: the operator never used the socket itself.
+    assert!(bridge.connections() > 0, "{}", bridge.process.log());
+    operator.stop().await.expect("a clean stop");
+}
+
+#[tokio::test]
+async fn a_proxy_is_served_and_a_backup_restored_through_docker_host_over_tcp() {
+    let dir = env::test_dir("docker-host-tcp");
+    let bridge = Bridge::start(&dir, None).await;
+    let host = format!("tcp://127.0.0.1:{}", bridge.port);
+    proxy_and_backup(
+        "docker-host-tcp",
+        &bridge,
+        &dir.join("operator"),
+        &[("DOCKER_HOST", &host)],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_proxy_is_served_and_a_backup_restored_through_docker_host_over_tls() {
+    let dir = env::test_dir("docker-host-tls");
+    // The engine's certificate, for `localhost`, and the operator's client certificate,
+    // each signed by a CA of its own: the operator trusts the first CA, socat the second.
+    let (server_chain, server_key, server_ca) = certificate_for(&dir.join("server"), "localhost");
+    let (client_chain, client_key, client_ca) = certificate_for(&dir.join("client"), "operator");
+    let write = |path: PathBuf, text: &str| {
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let certs = dir.join("docker-certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    write(certs.join("ca.pem"), &server_ca);
+    write(certs.join("cert.pem"), &client_chain);
+    write(certs.join("key.pem"), &client_key);
+    let server = (
+        write(dir.join("server.pem"), &server_chain),
+        write(dir.join("server-key.pem"), &server_key),
+        write(dir.join("client-ca.pem"), &client_ca),
+    );
+    let bridge = Bridge::start(&dir, Some((&server.0, &server.1, &server.2))).await;
+    let host = format!("tcp://localhost:{}", bridge.port);
+    let cert_path = certs.display().to_string();
+    proxy_and_backup(
+        "docker-host-tls",
+        &bridge,
+        &dir.join("operator"),
+        &[
+            ("DOCKER_HOST", &host),
+            ("DOCKER_TLS_VERIFY", "1"),
+            ("DOCKER_CERT_PATH", &cert_path),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_engine_that_does_not_answer_is_reported_naming_docker_host() {
+    let docker = TestDocker::new("docker-host-down").await;
+    let app = docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    let dir = env::test_dir(&names::unique("docker-host-down"));
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    std::fs::write(
+        dir.join("manifests/shop.yaml"),
+        proxy("shop", "shop.example.test", &by_name(&app.name), ""),
+    )
+    .unwrap();
+    // Nothing listens there.
+    let host = format!("tcp://127.0.0.1:{}", free_port());
+    let operator = Operator::start_with_env(
+        &dir,
+        &["run", "--manifests", "manifests"],
+        &[("DOCKER_HOST", &host)],
+    )
+    .unwrap();
+    let status = operator
+        .wait_for_condition("proxy", "shop", "Ready", "False")
+        .await;
+    let message = status["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains(&format!("DOCKER_HOST={host} does not answer")),
+        "{message}"
+    );
+    operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_malformed_docker_host_stops_the_start_with_the_reason() {
+    let dir = env::test_dir(&names::unique("docker-host-malformed"));
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    let mut operator = Operator::start_with_env(
+        &dir,
+        &["run", "--manifests", "manifests"],
+        &[("DOCKER_HOST", "ssh://me@docker.example")],
+    )
+    .unwrap();
+    let status = operator
+        .process()
+        .wait(Duration::from_secs(30))
+        .await
+        .expect("the operator exits");
+    assert!(!status.success());
+    let log = operator.log();
+    assert!(
+        log.contains("DOCKER_HOST=ssh://me@docker.example is malformed: ssh:// is not supported"),
+        "{log}"
+    );
+}
