@@ -62,7 +62,7 @@ impl Endpoint {
     ) -> Result<Self, DockerError> {
         let set = |name: &str| var(name).filter(|v| !v.is_empty());
         let malformed = |host: &str, reason: &str| {
-            DockerError::Unreachable(format!("DOCKER_HOST={host} is malformed: {reason}"))
+            DockerError::Config(format!("DOCKER_HOST={host} is malformed: {reason}"))
         };
         let Some(host) = set("DOCKER_HOST") else {
             return Ok(Endpoint::Unix(PathBuf::from(DEFAULT_SOCKET)));
@@ -84,7 +84,7 @@ impl Endpoint {
             "tcp" => {
                 let verify = set("DOCKER_TLS_VERIFY").is_some();
                 if !verify && set("DOCKER_TLS").is_some() {
-                    return Err(DockerError::Unreachable(
+                    return Err(DockerError::Config(
                         "DOCKER_TLS without DOCKER_TLS_VERIFY asks for TLS that does not verify \
                          the engine, which InfraPilot does not do: set DOCKER_TLS_VERIFY=1 and \
                          put the engine's CA in DOCKER_CERT_PATH"
@@ -97,7 +97,7 @@ impl Endpoint {
                     let dir = match set("DOCKER_CERT_PATH") {
                         Some(dir) => PathBuf::from(dir),
                         None => home.map(|home| home.join(".docker")).ok_or_else(|| {
-                            DockerError::Unreachable(
+                            DockerError::Config(
                                 "DOCKER_TLS_VERIFY is set but neither DOCKER_CERT_PATH nor \
                                      HOME says where ca.pem, cert.pem and key.pem are"
                                     .to_owned(),
@@ -132,7 +132,7 @@ impl Endpoint {
     /// checked now, so that a missing or unreadable one is reported at start.
     pub(super) fn client(&self) -> Result<bollard::Docker, DockerError> {
         let refused = |e: bollard::errors::Error| {
-            DockerError::Unreachable(format!("connecting to DOCKER_HOST={self}: {e}"))
+            DockerError::Config(format!("connecting to DOCKER_HOST={self}: {e}"))
         };
         match self {
             Endpoint::Unix(path) => bollard::Docker::connect_with_unix(
@@ -179,7 +179,7 @@ impl Tls {
             (&self.key, "PRIVATE KEY"),
         ] {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                DockerError::Unreachable(format!(
+                DockerError::Config(format!(
                     "DOCKER_TLS_VERIFY is set but {} cannot be read (DOCKER_CERT_PATH): {e}",
                     path.display()
                 ))
@@ -188,7 +188,7 @@ impl Tls {
                 .lines()
                 .any(|l| l.starts_with("-----BEGIN ") && l.ends_with(&format!("{wanted}-----")));
             if !found {
-                return Err(DockerError::Unreachable(format!(
+                return Err(DockerError::Config(format!(
                     "DOCKER_TLS_VERIFY is set but {} holds no PEM {wanted}",
                     path.display()
                 )));
@@ -219,14 +219,14 @@ fn tcp_address(rest: &str, default_port: u16) -> Result<String, String> {
         };
         (format!("[{host}]"), port)
     } else {
+        if authority.matches(':').count() > 1 {
+            return Err("an IPv6 address goes in brackets: tcp://[::1]:2375".to_owned());
+        }
         match authority.split_once(':') {
             Some((host, port)) => (host.to_owned(), Some(port)),
             None => (authority.to_owned(), None),
         }
     };
-    if host.contains(':') && !host.starts_with('[') {
-        return Err("an IPv6 address goes in brackets: tcp://[::1]:2375".to_owned());
-    }
     if host.is_empty() || host == "[]" {
         return Ok(format!("localhost:{}", port_number(port, default_port)?));
     }

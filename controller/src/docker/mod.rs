@@ -85,12 +85,16 @@ pub enum DockerError {
     /// Any other refusal.
     #[error("Docker refused: {0}")]
     Refused(String),
+    /// How to reach the engine is malformed or unusable (`DOCKER_HOST`, TLS files).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl DockerError {
     pub fn category(&self) -> &'static str {
         match self {
             DockerError::Unreachable(_) => "unreachable",
+            DockerError::Config(_) => "config",
             DockerError::NotFound(_) | DockerError::Conflict(_) | DockerError::Refused(_) => {
                 "docker"
             }

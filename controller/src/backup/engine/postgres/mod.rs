@@ -75,7 +75,9 @@ impl Postgres {
             return Ok(Image::from(facts));
         }
         self.docker.pull(image).await.map_err(|e| match e {
-            DockerError::Unreachable(_) => EngineError::Unavailable(e.to_string()),
+            DockerError::Unreachable(_) | DockerError::Config(_) => {
+                EngineError::Unavailable(e.to_string())
+            }
             refused => EngineError::Failed(format!(
                 "the image {image} is not on this Docker host and pulling it failed: {refused}"
             )),
@@ -116,7 +118,7 @@ impl Postgres {
         if let Err(e) = self.docker.start(&spec.name).await {
             let what = format!("starting the throwaway server {}", spec.name);
             let error = match e {
-                DockerError::Unreachable(_) => engine_error(&what, e),
+                DockerError::Unreachable(_) | DockerError::Config(_) => engine_error(&what, e),
                 // The runtime could not run the image's command: the image is at fault.
                 refused => EngineError::Failed(format!("{what}: {refused}")),
             };
@@ -136,7 +138,7 @@ fn engine_error(what: &str, error: DockerError) -> EngineError {
         DockerError::NotFound(_) | DockerError::Conflict(_) => {
             EngineError::Failed(format!("{what}: {error}"))
         }
-        DockerError::Unreachable(_) | DockerError::Refused(_) => {
+        DockerError::Unreachable(_) | DockerError::Refused(_) | DockerError::Config(_) => {
             EngineError::Unavailable(format!("{what}: {error}"))
         }
     }
