@@ -1,6 +1,6 @@
 //! The operator reaching Docker the way the docker CLI does: `DOCKER_HOST=tcp://…` through a
-//! socat bridge to the local socket, plain and with TLS (`DOCKER_TLS_VERIFY`,
-//! `DOCKER_CERT_PATH`), serving a Proxy through the edge and restoring a backup; and the
+//! bridge to the local socket (socat for plain TCP, a small Python TLS bridge requiring a
+//! client certificate for `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`), serving a Proxy through the edge and restoring a backup; and the
 //! errors that name `DOCKER_HOST` when it is malformed or does not answer.
 
 use std::path::{Path, PathBuf};
@@ -20,34 +20,82 @@ use crate::proxy::{by_name, certificate_for, proxy};
 /// The local engine's socket, which the bridge forwards to.
 const SOCKET: &str = "/var/run/docker.sock";
 
-/// A socat bridge from a loopback TCP port to the Docker socket, logging each connection.
+/// A TLS bridge to the socket that requires a client certificate: `PORT CERT KEY CA SOCKET`.
+/// Each direction is copied until its end; the engine's end closes the connection.
+const TLS_BRIDGE: &str = r#"
+import asyncio, ssl, sys
+port, cert, key, ca, socket = sys.argv[1:]
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+context.load_verify_locations(ca)
+context.verify_mode = ssl.CERT_REQUIRED
+
+async def copy(reader, writer, eof):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        if eof:
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        pass
+
+async def handle(client_reader, client_writer):
+    print("accepting connection from", client_writer.get_extra_info("peername"), flush=True)
+    reader, writer = await asyncio.open_unix_connection(socket)
+    upstream = asyncio.ensure_future(copy(client_reader, writer, True))
+    await copy(reader, client_writer, False)
+    upstream.cancel()
+    client_writer.close()
+    writer.close()
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(port), ssl=context)
+    print("listening on", port, flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"#;
+
+/// A bridge from a loopback TCP port to the Docker socket, logging each connection.
 struct Bridge {
     port: u16,
     process: Process,
 }
 
 impl Bridge {
-    /// Plain TCP, or TLS when `tls` gives (server chain, server key, CA of client certificates)
-    /// files: socat then requires a client certificate that CA signed.
+    /// Plain TCP with socat, or TLS when `tls` gives (server chain, server key, CA of client
+    /// certificates) files: the bridge then requires a client certificate that CA signed.
     async fn start(dir: &Path, tls: Option<(&Path, &Path, &Path)>) -> Self {
         let port = free_port();
-        let listen = match tls {
-            None => format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"),
-            Some((cert, key, ca)) => format!(
-                "OPENSSL-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,cert={},key={},cafile={},verify=1",
-                cert.display(),
-                key.display(),
-                ca.display()
-            ),
+        let command = match tls {
+            None => {
+                let mut command = tokio::process::Command::new("socat");
+                command
+                    .args(["-d", "-d"])
+                    .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+                    .arg(format!("UNIX-CONNECT:{SOCKET}"));
+                command
+            }
+            // Not socat's OPENSSL-LISTEN: its forked children share TLS session tickets but
+            // set no session id context, so every resumed session of a client that checks
+            // certificates fails ("session id context uninitialized"). Python's ssl sets one.
+            Some((cert, key, ca)) => {
+                let script = dir.join("tls-bridge.py");
+                std::fs::write(&script, TLS_BRIDGE).expect("the bridge script");
+                let mut command = tokio::process::Command::new("python3");
+                command
+                    .arg(&script)
+                    .arg(port.to_string())
+                    .args([cert, key, ca])
+                    .arg(SOCKET);
+                command
+            }
         };
-        let mut command = tokio::process::Command::new("socat");
-        command
-            .args(["-d", "-d", &listen])
-            .arg(format!("UNIX-CONNECT:{SOCKET}"));
-        let process = Process::spawn("socat", command, &dir.join("socat.log"))
-            .expect("socat starts (tests/env/provision.sh installs it)");
+        let process = Process::spawn("bridge", command, &dir.join("bridge.log"))
+            .expect("the bridge starts (tests/env/provision.sh installs socat)");
         let bridge = Self { port, process };
-        eventually("socat to listen", Duration::from_secs(10), || async {
+        eventually("the bridge to listen", Duration::from_secs(10), || async {
             if bridge.process.log().contains("listening on") {
                 Ok(())
             } else {
@@ -142,7 +190,7 @@ async fn a_proxy_is_served_and_a_backup_restored_through_docker_host_over_tcp() 
 async fn a_proxy_is_served_and_a_backup_restored_through_docker_host_over_tls() {
     let dir = env::test_dir("docker-host-tls");
     // The engine's certificate, for `localhost`, and the operator's client certificate,
-    // each signed by a CA of its own: the operator trusts the first CA, socat the second.
+    // each signed by a CA of its own: the operator trusts the first CA, the bridge the second.
     let (server_chain, server_key, server_ca) = certificate_for(&dir.join("server"), "localhost");
     let (client_chain, client_key, client_ca) = certificate_for(&dir.join("client"), "operator");
     let write = |path: PathBuf, text: &str| {
