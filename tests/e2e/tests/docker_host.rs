@@ -71,8 +71,11 @@ impl Bridge {
         let command = match tls {
             None => {
                 let mut command = tokio::process::Command::new("socat");
+                // `-t`: once the operator has closed a command's standard input, socat waits
+                // this long for the rest of the output (0.5 s by default, which cuts off a
+                // tool still working on its input: Docker itself waits for the end).
                 command
-                    .args(["-d", "-d"])
+                    .args(["-d", "-d", "-t", "600"])
                     .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
                     .arg(format!("UNIX-CONNECT:{SOCKET}"));
                 command
@@ -186,20 +189,23 @@ async fn a_proxy_is_served_and_a_backup_restored_through_docker_host_over_tcp() 
     .await;
 }
 
-#[tokio::test]
-async fn a_proxy_is_served_and_a_backup_restored_through_docker_host_over_tls() {
-    let dir = env::test_dir("docker-host-tls");
-    // The engine's certificate, for `localhost`, and the operator's client certificate,
-    // each signed by a CA of its own: the operator trusts the first CA, the bridge the second.
+/// A TLS bridge and the operator's certificate directory. The engine's certificate, for
+/// `localhost`, and the operator's client certificate are each signed by a CA of its own: the
+/// operator trusts the first CA (`ca.pem`), the bridge the second. `wrong_ca` puts the
+/// client's CA in `ca.pem` instead, which must not let the operator trust the engine.
+async fn tls_bridge(dir: &Path, wrong_ca: bool) -> (Bridge, String) {
     let (server_chain, server_key, server_ca) = certificate_for(&dir.join("server"), "localhost");
     let (client_chain, client_key, client_ca) = certificate_for(&dir.join("client"), "operator");
     let write = |path: PathBuf, text: &str| {
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, text).expect("a certificate file");
         path
     };
     let certs = dir.join("docker-certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    write(certs.join("ca.pem"), &server_ca);
+    std::fs::create_dir_all(&certs).expect("the certificate directory");
+    write(
+        certs.join("ca.pem"),
+        if wrong_ca { &client_ca } else { &server_ca },
+    );
     write(certs.join("cert.pem"), &client_chain);
     write(certs.join("key.pem"), &client_key);
     let server = (
@@ -207,9 +213,15 @@ async fn a_proxy_is_served_and_a_backup_restored_through_docker_host_over_tls() 
         write(dir.join("server-key.pem"), &server_key),
         write(dir.join("client-ca.pem"), &client_ca),
     );
-    let bridge = Bridge::start(&dir, Some((&server.0, &server.1, &server.2))).await;
+    let bridge = Bridge::start(dir, Some((&server.0, &server.1, &server.2))).await;
+    (bridge, certs.display().to_string())
+}
+
+#[tokio::test]
+async fn a_proxy_is_served_and_a_backup_restored_through_docker_host_over_tls() {
+    let dir = env::test_dir("docker-host-tls");
+    let (bridge, cert_path) = tls_bridge(&dir, false).await;
     let host = format!("tcp://localhost:{}", bridge.port);
-    let cert_path = certs.display().to_string();
     proxy_and_backup(
         "docker-host-tls",
         &bridge,
@@ -223,25 +235,23 @@ async fn a_proxy_is_served_and_a_backup_restored_through_docker_host_over_tls() 
     .await;
 }
 
-#[tokio::test]
-async fn an_engine_that_does_not_answer_is_reported_naming_docker_host() {
-    let docker = TestDocker::new("docker-host-down").await;
-    let app = docker.run(ContainerSpec::new(images::APP)).await.unwrap();
-    let dir = env::test_dir(&names::unique("docker-host-down"));
-    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+/// Starts an operator with a Proxy and `docker_env`, and checks that the Proxy reports that
+/// `shown` (the engine as errors name it) does not answer.
+async fn unanswered(test: &str, docker_env: &[(&str, &str)], shown: &str) {
+    let docker = TestDocker::new(test).await;
+    let app = docker
+        .run(ContainerSpec::new(images::APP))
+        .await
+        .expect("the app container");
+    let dir = env::test_dir(&names::unique(test));
+    std::fs::create_dir_all(dir.join("manifests")).expect("the manifests directory");
     std::fs::write(
         dir.join("manifests/shop.yaml"),
         proxy("shop", "shop.example.test", &by_name(&app.name), ""),
     )
-    .unwrap();
-    // Nothing listens there.
-    let host = format!("tcp://127.0.0.1:{}", free_port());
-    let operator = Operator::start_with_env(
-        &dir,
-        &["run", "--manifests", "manifests"],
-        &[("DOCKER_HOST", &host)],
-    )
-    .unwrap();
+    .expect("the Proxy manifest");
+    let operator = Operator::start_with_env(&dir, &["run", "--manifests", "manifests"], docker_env)
+        .expect("the operator starts");
     let status = operator
         .wait_for_condition("proxy", "shop", "Ready", "False")
         .await;
@@ -250,10 +260,37 @@ async fn an_engine_that_does_not_answer_is_reported_naming_docker_host() {
         .unwrap_or_default()
         .to_owned();
     assert!(
-        message.contains(&format!("DOCKER_HOST={host} does not answer")),
+        message.contains(&format!("DOCKER_HOST={shown} does not answer")),
         "{message}"
     );
-    operator.stop().await.unwrap();
+    operator.stop().await.expect("a clean stop");
+}
+
+#[tokio::test]
+async fn an_engine_that_does_not_answer_is_reported_naming_docker_host() {
+    // Nothing listens there.
+    let host = format!("tcp://127.0.0.1:{}", free_port());
+    unanswered("docker-host-down", &[("DOCKER_HOST", &host)], &host).await;
+}
+
+#[tokio::test]
+async fn an_engine_whose_certificate_the_ca_did_not_sign_is_not_trusted() {
+    let dir = env::test_dir("docker-host-wrong-ca");
+    let (bridge, cert_path) = tls_bridge(&dir, true).await;
+    let host = format!("tcp://localhost:{}", bridge.port);
+    unanswered(
+        "docker-host-wrong-ca",
+        &[
+            ("DOCKER_HOST", &host),
+            ("DOCKER_TLS_VERIFY", "1"),
+            ("DOCKER_CERT_PATH", &cert_path),
+        ],
+        &format!("{host} (TLS)"),
+    )
+    .await;
+    // No request got through the handshake (the same bridge serves a trusting operator in
+    // the test over TLS).
+    assert_eq!(bridge.connections(), 0, "{}", bridge.process.log());
 }
 
 #[tokio::test]
