@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests need on this machine, idempotently: Debian packages (debootstrap for
 # the images, pebble for ACME, swaks and openssl, zstd for compressed dump fixtures, libclang for
-# building pg_query), the Python tools in a cached virtualenv, and
+# building pg_query, socat for reaching Docker over TCP), the Python tools in a cached virtualenv, and
 # the Docker test images. Prints the virtualenv's path on stdout.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-DEBIAN_PACKAGES=(debootstrap pebble swaks openssl zstd libclang-dev)
+DEBIAN_PACKAGES=(debootstrap pebble swaks openssl zstd libclang-dev socat)
 
 install_debian_packages() {
   local missing=()

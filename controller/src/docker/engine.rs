@@ -1,63 +1,163 @@
-//! [`Docker`] on the local engine through bollard.
+//! [`Docker`] and [`Runner`] on the engine of `DOCKER_HOST`, through bollard.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkConnectRequest,
+    ContainerConfig, ContainerCreateBody, EndpointSettings, HostConfig, NetworkConnectRequest,
     NetworkDisconnectRequest, PortBinding,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    EventsOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, EventsOptionsBuilder, InspectContainerOptions,
+    InspectNetworkOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions, StopContainerOptions,
     UploadToContainerOptionsBuilder,
 };
 use futures::StreamExt;
+use futures::stream::BoxStream;
 
+use super::host::Endpoint;
 use super::{
-    Attachment, ContainerEvent, ContainerFacts, Docker, DockerError, ExecOutput, NetworkFacts,
-    NewContainer,
+    Attached, Attachment, ContainerEvent, ContainerFacts, Docker, DockerError, ExecCommand,
+    ExecOutput, ImageFacts, JobContainer, NetworkFacts, NewContainer, Output, Runner,
 };
 
-/// The local Docker engine (`DOCKER_HOST` or `/var/run/docker.sock`). Connecting is lazy: an
-/// operator without Proxies never needs Docker.
+/// The Docker engine of `DOCKER_HOST` (default the local socket). Connecting is lazy: the API
+/// version is negotiated with the first call, again after a failed one, so that an operator
+/// without Proxies or backups never needs Docker, and one started before Docker finds it.
 #[derive(Clone)]
 pub struct Engine {
     docker: bollard::Docker,
+    /// How errors name the engine: `DOCKER_HOST=...`, or the default socket.
+    named: Arc<str>,
+    negotiated: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Engine")
+        write!(f, "Engine({})", self.named)
     }
 }
 
 impl Engine {
+    /// The engine the environment names (`DOCKER_HOST`, `DOCKER_TLS_VERIFY`,
+    /// `DOCKER_CERT_PATH`). Fails on a malformed `DOCKER_HOST` or unusable TLS files; an
+    /// engine that does not answer fails the first call instead.
     pub fn connect() -> Result<Self, DockerError> {
-        let docker = bollard::Docker::connect_with_local_defaults()
-            .map_err(|e| DockerError::Unreachable(e.to_string()))?;
-        Ok(Self { docker })
+        let set = std::env::var("DOCKER_HOST").is_ok_and(|h| !h.is_empty());
+        Self::with_endpoint(&Endpoint::from_env()?, set)
     }
 
-    /// The bollard client, for code that shares this connection (the backup restore engine).
-    pub fn client(&self) -> bollard::Docker {
-        self.docker.clone()
+    /// The engine at `endpoint`; `from_docker_host` says whether `DOCKER_HOST` named it.
+    pub fn with_endpoint(endpoint: &Endpoint, from_docker_host: bool) -> Result<Self, DockerError> {
+        let named = if from_docker_host {
+            format!("DOCKER_HOST={endpoint}")
+        } else {
+            format!("{endpoint} (DOCKER_HOST is unset)")
+        };
+        Ok(Self {
+            docker: endpoint.client()?,
+            named: named.into(),
+            negotiated: Default::default(),
+        })
     }
-}
 
-fn error(what: &str, error: BollardError) -> DockerError {
-    match error {
-        BollardError::DockerResponseServerError {
-            status_code: 404, ..
-        } => DockerError::NotFound(what.to_owned()),
-        BollardError::DockerResponseServerError { message, .. } => {
-            DockerError::Refused(format!("{what}: {message}"))
+    /// The client, with the API version negotiated.
+    async fn client(&self) -> Result<&bollard::Docker, DockerError> {
+        self.negotiated
+            .get_or_try_init(|| async {
+                // The version is shared by every clone of the client.
+                self.docker
+                    .clone()
+                    .negotiate_version()
+                    .await
+                    .map(drop)
+                    .map_err(|e| {
+                        DockerError::Unreachable(format!("{} does not answer: {e}", self.named))
+                    })
+            })
+            .await?;
+        Ok(&self.docker)
+    }
+
+    /// The one mapping of bollard's errors.
+    fn error(&self, what: &str, error: BollardError) -> DockerError {
+        match error {
+            BollardError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            } => DockerError::NotFound(format!("{what}: {message}")),
+            BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            } => DockerError::Conflict(format!("{what}: {message}")),
+            BollardError::DockerResponseServerError { message, .. } => {
+                DockerError::Refused(format!("{what}: {message}"))
+            }
+            other => DockerError::Unreachable(format!("{what} at {}: {other}", self.named)),
         }
-        other => DockerError::Unreachable(format!("{what}: {other}")),
+    }
+
+    /// Creates a container from `body`, pulling its image first when it is not on this host
+    /// and `pull` says so, as `docker run` would.
+    async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+        pull: bool,
+    ) -> Result<String, DockerError> {
+        let docker = self.client().await?;
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let what = format!("creating {name}");
+        match docker
+            .create_container(Some(options.clone()), body.clone())
+            .await
+        {
+            Ok(created) => Ok(created.id),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) if pull => {
+                let image = body.image.clone().unwrap_or_default();
+                self.pull(&image).await?;
+                docker
+                    .create_container(Some(options), body)
+                    .await
+                    .map(|created| created.id)
+                    .map_err(|e| self.error(&what, e))
+            }
+            Err(e) => Err(self.error(&what, e)),
+        }
+    }
+
+    /// The exit code of a finished exec. Its output ends as the process does; Docker records
+    /// the exit code a moment later.
+    async fn exec_exit_code(
+        docker: bollard::Docker,
+        engine: Engine,
+        exec: String,
+        what: String,
+    ) -> Result<i64, DockerError> {
+        for _ in 0..200 {
+            let inspect = docker
+                .inspect_exec(&exec)
+                .await
+                .map_err(|e| engine.error(&what, e))?;
+            if inspect.running != Some(true)
+                && let Some(code) = inspect.exit_code
+            {
+                return Ok(code);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(DockerError::Refused(format!(
+            "{what}: Docker reports no exit code"
+        )))
     }
 }
 
@@ -105,7 +205,8 @@ fn archive(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>, DockerError> {
 impl Docker for Engine {
     async fn container(&self, name: &str) -> Result<Option<ContainerFacts>, DockerError> {
         let inspect = match self
-            .docker
+            .client()
+            .await?
             .inspect_container(name, None::<InspectContainerOptions>)
             .await
         {
@@ -113,7 +214,7 @@ impl Docker for Engine {
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => return Ok(None),
-            Err(e) => return Err(error(&format!("container {name}"), e)),
+            Err(e) => return Err(self.error(&format!("inspecting container {name}"), e)),
         };
         Ok(Some(ContainerFacts {
             id: inspect.id.unwrap_or_default(),
@@ -147,10 +248,11 @@ impl Docker for Engine {
             .filters(&HashMap::from([("label".to_owned(), filter)]))
             .build();
         let list = self
-            .docker
+            .client()
+            .await?
             .list_containers(Some(options))
             .await
-            .map_err(|e| error("listing containers", e))?;
+            .map_err(|e| self.error("listing containers", e))?;
         Ok(list
             .into_iter()
             .map(|c| ContainerFacts {
@@ -176,7 +278,8 @@ impl Docker for Engine {
 
     async fn network(&self, name: &str) -> Result<Option<NetworkFacts>, DockerError> {
         match self
-            .docker
+            .client()
+            .await?
             .inspect_network(name, None::<InspectNetworkOptions>)
             .await
         {
@@ -189,7 +292,7 @@ impl Docker for Engine {
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),
-            Err(e) => Err(error(&format!("network {name}"), e)),
+            Err(e) => Err(self.error(&format!("inspecting network {name}"), e)),
         }
     }
 
@@ -221,54 +324,32 @@ impl Docker for Engine {
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&container.name)
-            .build();
-        let created = match self
-            .docker
-            .create_container(Some(options.clone()), body.clone())
-            .await
-        {
-            Ok(created) => created,
-            // The image is not here: pull it once, as `docker run` would.
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
-                let pull = CreateImageOptionsBuilder::default()
-                    .from_image(&container.image)
-                    .build();
-                let mut progress = self.docker.create_image(Some(pull), None, None);
-                while let Some(step) = progress.next().await {
-                    step.map_err(|e| error(&format!("pulling {}", container.image), e))?;
-                }
-                self.docker
-                    .create_container(Some(options), body)
-                    .await
-                    .map_err(|e| error(&format!("creating {}", container.name), e))?
-            }
-            Err(e) => return Err(error(&format!("creating {}", container.name), e)),
-        };
+        let id = self.create_container(&container.name, body, true).await?;
         if !container.files.is_empty() {
-            self.put_files(&created.id, &container.files).await?;
+            self.put_files(&id, &container.files).await?;
         }
-        self.docker
-            .start_container(
-                &created.id,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .map_err(|e| error(&format!("starting {}", container.name), e))?;
-        Ok(created.id)
+        self.start(&id).await?;
+        Ok(id)
     }
 
     async fn remove(&self, container: &str) -> Result<(), DockerError> {
-        let options = RemoveContainerOptionsBuilder::default().force(true).build();
-        match self.docker.remove_container(container, Some(options)).await {
+        // `v`: an image may declare volumes (PostgreSQL's PGDATA); their anonymous volumes
+        // belong to the container and would otherwise be left behind, unused.
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self
+            .client()
+            .await?
+            .remove_container(container, Some(options))
+            .await
+        {
             Ok(()) => Ok(()),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
-            Err(e) => Err(error(&format!("removing {container}"), e)),
+            Err(e) => Err(self.error(&format!("removing {container}"), e)),
         }
     }
 
@@ -277,10 +358,11 @@ impl Docker for Engine {
             container: container.to_owned(),
             endpoint_config: None,
         };
-        self.docker
+        self.client()
+            .await?
             .connect_network(network, request)
             .await
-            .map_err(|e| error(&format!("connecting {container} to {network}"), e))
+            .map_err(|e| self.error(&format!("connecting {container} to {network}"), e))
     }
 
     async fn disconnect(&self, network: &str, container: &str) -> Result<(), DockerError> {
@@ -288,10 +370,11 @@ impl Docker for Engine {
             container: container.to_owned(),
             force: Some(false),
         };
-        self.docker
+        self.client()
+            .await?
             .disconnect_network(network, request)
             .await
-            .map_err(|e| error(&format!("disconnecting {container} from {network}"), e))
+            .map_err(|e| self.error(&format!("disconnecting {container} from {network}"), e))
     }
 
     async fn put_files(
@@ -300,11 +383,8 @@ impl Docker for Engine {
         files: &[(String, Vec<u8>)],
     ) -> Result<(), DockerError> {
         let tar = archive(files)?;
-        let options = UploadToContainerOptionsBuilder::default().path("/").build();
-        self.docker
-            .upload_to_container(container, Some(options), bollard::body_full(tar.into()))
+        self.upload(container, "/", futures::stream::iter([Ok(tar)]).boxed())
             .await
-            .map_err(|e| error(&format!("writing files into {container}"), e))
     }
 
     async fn read_files(
@@ -317,7 +397,8 @@ impl Docker for Engine {
             .path(dir)
             .build();
         let mut stream = self
-            .docker
+            .client()
+            .await?
             .download_from_container(container, Some(options));
         let mut tar = Vec::new();
         while let Some(chunk) = stream.next().await {
@@ -326,7 +407,7 @@ impl Docker for Engine {
                 Err(BollardError::DockerResponseServerError {
                     status_code: 404, ..
                 }) => return Ok(Vec::new()),
-                Err(e) => return Err(error(&what, e)),
+                Err(e) => return Err(self.error(&what, e)),
             }
         }
         let mut files = Vec::new();
@@ -359,100 +440,278 @@ impl Docker for Engine {
     }
 
     async fn exec(&self, container: &str, argv: &[&str]) -> Result<ExecOutput, DockerError> {
-        let what = format!("running {} in {container}", argv.join(" "));
-        let exec = self
-            .docker
-            .create_exec(
-                container,
-                CreateExecOptions {
-                    cmd: Some(argv.to_vec()),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| error(&what, e))?;
+        let command = ExecCommand {
+            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        let mut attached = self.attach(container, &command).await?;
         let mut output = String::new();
-        if let StartExecResults::Attached {
-            output: mut stream, ..
-        } = self
-            .docker
-            .start_exec(&exec.id, None)
-            .await
-            .map_err(|e| error(&what, e))?
-        {
-            while let Some(chunk) = stream.next().await {
-                match chunk.map_err(|e| error(&what, e))? {
-                    LogOutput::StdOut { message } | LogOutput::StdErr { message } => {
-                        output.push_str(&String::from_utf8_lossy(&message));
-                    }
-                    _ => {}
-                }
-            }
+        while let Some(chunk) = attached.output.next().await {
+            let (Output::Stdout(message) | Output::Stderr(message)) = chunk?;
+            output.push_str(&String::from_utf8_lossy(&message));
         }
-        let exit_code = self
-            .docker
-            .inspect_exec(&exec.id)
-            .await
-            .map_err(|e| error(&what, e))?
-            .exit_code
-            .unwrap_or(-1);
+        let exit_code = attached.exit_code.await?;
         Ok(ExecOutput { exit_code, output })
     }
 
-    fn events(&self) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>> {
+    fn events(&self) -> BoxStream<'static, Result<ContainerEvent, DockerError>> {
         let filters = HashMap::from([(
             "type".to_owned(),
             vec!["container".to_owned(), "network".to_owned()],
         )]);
         let options = EventsOptionsBuilder::default().filters(&filters).build();
-        self.docker
-            .events(Some(options))
-            .filter_map(|event| async move {
-                let event = match event {
-                    Ok(event) => event,
-                    Err(e) => return Some(Err(error("following Docker events", e))),
-                };
-                let action = event.action.unwrap_or_default();
-                let actor = event.actor.unwrap_or_default();
-                let mut attributes = actor.attributes.unwrap_or_default();
-                let network = event
-                    .typ
-                    .is_some_and(|t| t.to_string().eq_ignore_ascii_case("network"));
-                let (container_id, container_name) = if network {
-                    (
-                        attributes.remove("container").unwrap_or_default(),
-                        String::new(),
-                    )
-                } else {
-                    let name = attributes.remove("name").unwrap_or_default();
-                    (actor.id.unwrap_or_default(), name)
-                };
-                // Network and exec events carry no labels; container events carry them all.
-                let wanted = matches!(
-                    action.as_str(),
-                    "start" | "die" | "stop" | "destroy" | "rename" | "connect" | "disconnect"
-                );
-                wanted.then(|| {
-                    Ok(ContainerEvent {
-                        action,
-                        container_id,
-                        container_name,
-                        labels: attributes.into_iter().collect(),
-                    })
+        let engine = self.clone();
+        futures::stream::once(async move {
+            let docker = match engine.client().await {
+                Ok(docker) => docker.clone(),
+                Err(e) => return futures::stream::iter([Err(e)]).boxed(),
+            };
+            docker
+                .events(Some(options))
+                .filter_map(move |event| {
+                    let engine = engine.clone();
+                    async move {
+                        let event = match event {
+                            Ok(event) => event,
+                            Err(e) => return Some(Err(engine.error("following Docker events", e))),
+                        };
+                        container_event(event).map(Ok)
+                    }
                 })
-            })
-            .boxed()
+                .boxed()
+        })
+        .flatten()
+        .boxed()
     }
 
     async fn signal(&self, container: &str, signal: &str) -> Result<(), DockerError> {
         let options = KillContainerOptionsBuilder::default()
             .signal(signal)
             .build();
-        self.docker
+        self.client()
+            .await?
             .kill_container(container, Some(options))
             .await
-            .map_err(|e| error(&format!("signalling {container}"), e))
+            .map_err(|e| self.error(&format!("signalling {container}"), e))
+    }
+}
+
+/// The event, when it is one that following upstreams cares about.
+fn container_event(event: bollard::models::EventMessage) -> Option<ContainerEvent> {
+    let action = event.action.unwrap_or_default();
+    let actor = event.actor.unwrap_or_default();
+    let mut attributes = actor.attributes.unwrap_or_default();
+    let network = event
+        .typ
+        .is_some_and(|t| t.to_string().eq_ignore_ascii_case("network"));
+    let (container_id, container_name) = if network {
+        (
+            attributes.remove("container").unwrap_or_default(),
+            String::new(),
+        )
+    } else {
+        let name = attributes.remove("name").unwrap_or_default();
+        (actor.id.unwrap_or_default(), name)
+    };
+    // Network and exec events carry no labels; container events carry them all.
+    let wanted = matches!(
+        action.as_str(),
+        "start" | "die" | "stop" | "destroy" | "rename" | "connect" | "disconnect"
+    );
+    wanted.then(|| ContainerEvent {
+        action,
+        container_id,
+        container_name,
+        labels: attributes.into_iter().collect(),
+    })
+}
+
+#[async_trait]
+impl Runner for Engine {
+    async fn image(&self, reference: &str) -> Result<Option<ImageFacts>, DockerError> {
+        match self.client().await?.inspect_image(reference).await {
+            Ok(inspect) => {
+                let config = inspect.config.unwrap_or_default();
+                Ok(Some(ImageFacts {
+                    id: inspect.id.unwrap_or_default(),
+                    entrypoint: config.entrypoint.unwrap_or_default(),
+                    env: config.env.unwrap_or_default(),
+                }))
+            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.error(&format!("inspecting the image {reference}"), e)),
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), DockerError> {
+        let pull = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let mut progress = self.client().await?.create_image(Some(pull), None, None);
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| self.error(&format!("pulling {image}"), e))?;
+        }
+        Ok(())
+    }
+
+    async fn create_job(&self, container: &JobContainer) -> Result<String, DockerError> {
+        let body = ContainerCreateBody {
+            image: Some(container.image.clone()),
+            labels: Some(container.labels.clone().into_iter().collect()),
+            env: Some(container.env.clone()),
+            entrypoint: container.entrypoint.clone(),
+            cmd: Some(container.cmd.clone()),
+            host_config: Some(HostConfig {
+                network_mode: container.isolated.then(|| "none".to_owned()),
+                shm_size: container.shm_bytes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.create_container(&container.name, body, false).await
+    }
+
+    async fn start(&self, container: &str) -> Result<(), DockerError> {
+        self.client()
+            .await?
+            .start_container(container, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| self.error(&format!("starting {container}"), e))
+    }
+
+    async fn stop(&self, container: &str) -> Result<(), DockerError> {
+        self.client()
+            .await?
+            .stop_container(container, None::<StopContainerOptions>)
+            .await
+            .map_err(|e| self.error(&format!("stopping {container}"), e))
+    }
+
+    async fn exited(&self, container: &str) -> Result<Option<i64>, DockerError> {
+        let inspect = self
+            .client()
+            .await?
+            .inspect_container(container, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| self.error(&format!("inspecting {container}"), e))?;
+        let state = inspect.state.unwrap_or_default();
+        Ok((state.running != Some(true)).then(|| state.exit_code.unwrap_or(-1)))
+    }
+
+    async fn attach(
+        &self,
+        container: &str,
+        command: &ExecCommand,
+    ) -> Result<Attached, DockerError> {
+        let tool = command.argv.first().cloned().unwrap_or_default();
+        let what = format!("running {tool} in {container}");
+        let docker = self.client().await?.clone();
+        let exec = docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(command.argv.clone()),
+                    env: (!command.env.is_empty()).then(|| command.env.clone()),
+                    user: command.user.clone(),
+                    attach_stdin: Some(command.stdin),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| self.error(&what, e))?;
+        let StartExecResults::Attached { output, input } = docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| self.error(&what, e))?
+        else {
+            return Err(DockerError::Refused(format!(
+                "{what}: Docker did not attach to the command"
+            )));
+        };
+        let engine = self.clone();
+        let stream_what = what.clone();
+        let output = output
+            .filter_map(move |chunk| {
+                let item = match chunk {
+                    Ok(LogOutput::StdOut { message }) => Some(Ok(Output::Stdout(message.into()))),
+                    Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message.into()))),
+                    // Standard input echoed, or a terminal's output: no terminal is asked for.
+                    Ok(_) => None,
+                    Err(e) => Some(Err(engine.error(&stream_what, e))),
+                };
+                futures::future::ready(item)
+            })
+            .boxed();
+        Ok(Attached {
+            stdin: command.stdin.then_some(input),
+            output,
+            exit_code: Box::pin(Self::exec_exit_code(docker, self.clone(), exec.id, what)),
+        })
+    }
+
+    async fn upload(
+        &self,
+        container: &str,
+        dir: &str,
+        tar: BoxStream<'static, std::io::Result<Vec<u8>>>,
+    ) -> Result<(), DockerError> {
+        let body = bollard::body_try_stream(tar.map(|item| item.map(Into::into)));
+        let options = UploadToContainerOptionsBuilder::default().path(dir).build();
+        self.client()
+            .await?
+            .upload_to_container(container, Some(options), body)
+            .await
+            .map_err(|e| self.error(&format!("writing files into {container}"), e))
+    }
+
+    async fn log_tail(&self, container: &str, lines: usize) -> Result<String, DockerError> {
+        let tail = lines.to_string();
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail)
+            .build();
+        let mut stream = self.client().await?.logs(container, Some(options));
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk.map_err(|e| self.error(&format!("reading the log of {container}"), e))? {
+                LogOutput::StdOut { message } | LogOutput::StdErr { message } => {
+                    text.push_str(&String::from_utf8_lossy(&message));
+                }
+                _ => {}
+            }
+        }
+        Ok(text)
+    }
+
+    async fn commit(
+        &self,
+        container: &str,
+        repository: &str,
+        tag: &str,
+        comment: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), DockerError> {
+        let options = CommitContainerOptionsBuilder::default()
+            .container(container)
+            .repo(repository)
+            .tag(tag)
+            .comment(comment)
+            .build();
+        let config = ContainerConfig {
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.client()
+            .await?
+            .commit_container(options, config)
+            .await
+            .map(drop)
+            .map_err(|e| self.error(&format!("committing {container}"), e))
     }
 }

@@ -224,8 +224,9 @@ async fn main() {
     for id in warm.lines() {
         docker(&["rmi", "-f", id]).await;
     }
-    let client = bollard::Docker::connect_with_local_defaults().unwrap();
-    let engine: Arc<dyn RestoreEngine> = Arc::new(Postgres::new(client));
+    let engine: Arc<dyn RestoreEngine> = Arc::new(Postgres::from_engine(
+        &infrapilot::docker::Engine::connect().unwrap(),
+    ));
     let spec: BackupValidationPolicySpec = serde_json::from_value(serde_json::json!({
         "source": {"path": dump.display().to_string()},
         "schedule": "0 0 1 1 *",

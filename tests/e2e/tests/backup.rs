@@ -17,7 +17,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A policy manifest validating `path` with the test image; `checks` and `extra` are YAML
 /// lines (indented for `checks:` and `spec:`).
-fn policy(name: &str, path: &Path, checks: &str, extra: &str) -> String {
+pub(crate) fn policy(name: &str, path: &Path, checks: &str, extra: &str) -> String {
     format!(
         "apiVersion: infrapilot.io/v1alpha1\nkind: BackupValidationPolicy\nmetadata:\n  name: {name}\n\
          spec:\n  source:\n    path: {path}\n  engine:\n    image: {image}\n  schedule: \"0 0 1 1 *\"\n\
@@ -27,9 +27,9 @@ fn policy(name: &str, path: &Path, checks: &str, extra: &str) -> String {
     )
 }
 
-const RUN_ON_CREATE: &str = "  runOnCreate: true\n";
+pub(crate) const RUN_ON_CREATE: &str = "  runOnCreate: true\n";
 
-const DATA_CHECKS: &str = "    expectTables: [customers, orders, sales.regions]\n    minRows:\n      orders: 5000\n    queries:\n      - name: customers\n        sql: SELECT count(*) FROM customers\n        expect: \"1000\"\n      - name: regions\n        sql: SELECT count(*) FROM sales.regions\n        min: 12\n        max: 12\n";
+pub(crate) const DATA_CHECKS: &str = "    expectTables: [customers, orders, sales.regions]\n    minRows:\n      orders: 5000\n    queries:\n      - name: customers\n        sql: SELECT count(*) FROM customers\n        expect: \"1000\"\n      - name: regions\n        sql: SELECT count(*) FROM sales.regions\n        min: 12\n        max: 12\n";
 
 fn start(dir: &Path) -> Operator {
     std::fs::create_dir_all(dir.join("manifests")).expect("the manifest directory is made");
@@ -38,7 +38,7 @@ fn start(dir: &Path) -> Operator {
 }
 
 /// Waits until the policy's last completed run is known and returns that run.
-async fn completed_run(operator: &Operator, policy: &str) -> Value {
+pub(crate) async fn completed_run(operator: &Operator, policy: &str) -> Value {
     let name = eventually(
         &format!("a finished run of {policy}"),
         RUN_TIMEOUT,
@@ -66,7 +66,7 @@ fn tail(operator: &Operator) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
-fn check<'a>(run: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn check<'a>(run: &'a Value, name: &str) -> &'a Value {
     run["status"]["checks"]
         .as_array()
         .and_then(|checks| checks.iter().find(|c| c["name"] == name))
@@ -74,7 +74,7 @@ fn check<'a>(run: &'a Value, name: &str) -> &'a Value {
 }
 
 /// The names of the operator's throwaway servers that still exist for `uid`.
-async fn leftover_servers(uid: &str) -> Vec<String> {
+pub(crate) async fn leftover_servers(uid: &str) -> Vec<String> {
     let output = tokio::process::Command::new("docker")
         .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
         .arg(format!("label=infrapilot.io/backup-run={uid}"))

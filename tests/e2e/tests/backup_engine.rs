@@ -23,7 +23,9 @@ struct Setup {
 impl Setup {
     async fn new(test: &str, image: &str) -> Self {
         let docker = TestDocker::new(test).await;
-        let engine = Postgres::new(docker.client().clone());
+        let engine = Postgres::from_engine(
+            &infrapilot::docker::Engine::connect().expect("the tests need a Docker engine"),
+        );
         let spec = ServerSpec {
             name: docker.unique_name("validation"),
             image: image.to_owned(),

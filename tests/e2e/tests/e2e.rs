@@ -8,6 +8,7 @@ mod backup;
 mod backup_engine;
 mod cli;
 mod delivery;
+mod docker_host;
 mod install;
 mod kubernetes;
 mod proxy;

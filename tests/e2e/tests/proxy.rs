@@ -108,14 +108,14 @@ fn start(dir: &std::path::Path, edge: &TestEdge) -> Operator {
     Operator::start(dir, &args).expect("the operator starts")
 }
 
-fn proxy(name: &str, host: &str, upstream: &str, extra: &str) -> String {
+pub(crate) fn proxy(name: &str, host: &str, upstream: &str, extra: &str) -> String {
     format!(
         "apiVersion: infrapilot.io/v1alpha1\nkind: Proxy\nmetadata:\n  name: {name}\nspec:\n  \
          hosts: [{host}]\n  upstream:\n{upstream}{extra}"
     )
 }
 
-fn by_name(container: &str) -> String {
+pub(crate) fn by_name(container: &str) -> String {
     format!("    name: {container}\n    port: 8080\n")
 }
 
@@ -365,7 +365,7 @@ async fn a_restart_rewrites_and_reloads_nothing_that_is_served() {
 }
 
 /// A CA and a certificate it signed for `host`, made with openssl: (chain PEM, key PEM, CA PEM).
-fn certificate_for(dir: &std::path::Path, host: &str) -> (String, String, String) {
+pub(crate) fn certificate_for(dir: &std::path::Path, host: &str) -> (String, String, String) {
     let run = |args: &[&str]| {
         let output = std::process::Command::new("openssl")
             .args(args)
