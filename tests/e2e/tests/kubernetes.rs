@@ -21,6 +21,9 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::json;
 
+/// Leader election under faults: a killed leader, a leader that cannot renew, conflicts.
+mod leader;
+
 const RESOURCES: [&str; 8] = [
     "apiextensions.k8s.io/v1/customresourcedefinitions",
     "infrapilot.io/v1alpha1/alertchannels",
@@ -221,11 +224,22 @@ fn start_replica(emulator: &KubeEmulator, instance: &str) -> Operator {
 
 /// [`start_replica`] with more options.
 fn start_replica_with(emulator: &KubeEmulator, instance: &str, extra: &[String]) -> Operator {
+    start_replica_leasing(emulator, instance, "3s", extra)
+}
+
+/// [`start_replica_with`] with a Lease of `lease_duration`. The replica talks to the emulator
+/// as the client (bearer token) `instance`, which the emulator records with its writes.
+fn start_replica_leasing(
+    emulator: &KubeEmulator,
+    instance: &str,
+    lease_duration: &str,
+    extra: &[String],
+) -> Operator {
     let dir = env::test_dir(&names::unique(instance));
     std::fs::create_dir_all(&dir).expect("the test directory");
     let kubeconfig = dir.join("kubeconfig");
     emulator
-        .write_kubeconfig(&kubeconfig)
+        .write_kubeconfig_as(&kubeconfig, Some(instance))
         .expect("the kubeconfig is written");
     let mut args = vec![
         "run",
@@ -234,7 +248,7 @@ fn start_replica_with(emulator: &KubeEmulator, instance: &str, extra: &[String])
         "--lease-namespace",
         "default",
         "--lease-duration",
-        "3s",
+        lease_duration,
         "--instance",
         instance,
     ];
