@@ -189,10 +189,9 @@ async fn lead_and_reconcile(
         stop.wait(),
         move || on_synced(),
     );
-    let controllers = async {
+    let mut controllers = Box::pin(async {
         tokio::join!(alert_channels, proxies, backup_policies, backup_runs);
-    };
-    tokio::pin!(controllers);
+    });
 
     let lost = async {
         match leadership.as_mut() {
@@ -215,6 +214,7 @@ async fn lead_and_reconcile(
             warn!("cancelled the reconciles still running as the leader Lease neared expiry");
         }
     }
+    drop(controllers);
     if let Some(leadership) = leadership {
         leadership.release().await;
     }

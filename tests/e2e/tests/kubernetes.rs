@@ -224,7 +224,9 @@ fn start_replica(emulator: &KubeEmulator, instance: &str) -> Operator {
 
 /// [`start_replica`] with more options.
 fn start_replica_with(emulator: &KubeEmulator, instance: &str, extra: &[String]) -> Operator {
-    start_replica_leasing(emulator, instance, "3s", extra)
+    // Not shorter: a leader stops once a renewal is half its grace (a third of the Lease)
+    // late, and a loaded machine (restores running beside) can be that slow with 3 s.
+    start_replica_leasing(emulator, instance, "6s", extra)
 }
 
 /// [`start_replica_with`] with a Lease of `lease_duration`. The replica talks to the emulator
