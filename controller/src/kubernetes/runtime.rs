@@ -143,6 +143,7 @@ async fn lead_and_reconcile(
     };
     registry::register(&mut controllers);
     let controllers = futures::future::join_all(controllers.running);
+    tokio::pin!(controllers);
 
     let lost = async {
         match leadership.as_mut() {
@@ -151,9 +152,21 @@ async fn lead_and_reconcile(
         }
     };
     let result = tokio::select! {
-        _ = controllers => Ok(()),
+        _ = &mut controllers => Ok(()),
         () = lost => Err(anyhow::anyhow!("lost the leader Lease; exiting so that a standby takes over")),
     };
+    if let (Err(_), Some(leadership)) = (&result, &leadership) {
+        // Start no reconcile, and let running ones finish while the Lease still holds, rather
+        // than cut one between its side effect and its status.
+        stop.trigger();
+        if tokio::time::timeout(leadership.wind_down(), &mut controllers)
+            .await
+            .is_err()
+        {
+            warn!("cancelled the reconciles still running as the leader Lease neared expiry");
+        }
+    }
+    drop(controllers);
     if let Some(leadership) = leadership {
         leadership.release().await;
     }

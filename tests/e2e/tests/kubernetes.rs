@@ -21,6 +21,9 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::json;
 
+/// Leader election under faults: a killed leader, a leader that cannot renew, conflicts.
+mod leader;
+
 const RESOURCES: [&str; 8] = [
     "apiextensions.k8s.io/v1/customresourcedefinitions",
     "infrapilot.io/v1alpha1/alertchannels",
@@ -238,11 +241,24 @@ fn start_replica(emulator: &KubeEmulator, instance: &str) -> Operator {
 
 /// [`start_replica`] with more options.
 fn start_replica_with(emulator: &KubeEmulator, instance: &str, extra: &[String]) -> Operator {
+    // Not shorter: a leader stops once a renewal is half its grace (a third of the Lease)
+    // late, and a loaded machine (restores running beside) can be that slow with 3 s.
+    start_replica_leasing(emulator, instance, "6s", extra)
+}
+
+/// [`start_replica_with`] with a Lease of `lease_duration`. The replica talks to the emulator
+/// as the client (bearer token) `instance`, which the emulator records with its writes.
+fn start_replica_leasing(
+    emulator: &KubeEmulator,
+    instance: &str,
+    lease_duration: &str,
+    extra: &[String],
+) -> Operator {
     let dir = env::test_dir(&names::unique(instance));
     std::fs::create_dir_all(&dir).expect("the test directory");
     let kubeconfig = dir.join("kubeconfig");
     emulator
-        .write_kubeconfig(&kubeconfig)
+        .write_kubeconfig_as(&kubeconfig, Some(instance))
         .expect("the kubeconfig is written");
     let mut args = vec![
         "run",
@@ -251,7 +267,7 @@ fn start_replica_with(emulator: &KubeEmulator, instance: &str, extra: &[String])
         "--lease-namespace",
         "default",
         "--lease-duration",
-        "3s",
+        lease_duration,
         "--instance",
         instance,
     ];
