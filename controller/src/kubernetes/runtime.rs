@@ -142,8 +142,8 @@ async fn lead_and_reconcile(
         running: Vec::new(),
     };
     registry::register(&mut controllers);
-    let controllers = futures::future::join_all(controllers.running);
-    tokio::pin!(controllers);
+    // Boxed, so that dropping it after a lost Lease cancels what still runs.
+    let mut controllers = Box::pin(futures::future::join_all(controllers.running));
 
     let lost = async {
         match leadership.as_mut() {

@@ -139,7 +139,6 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         queue: Queue::default(),
     };
 
-
     runtime.scan().await?;
     runtime.queue_everything().await?;
     health.set(true, "the manifests have been read");
