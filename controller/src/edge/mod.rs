@@ -22,10 +22,10 @@ use crate::docker::{Docker, DockerError, NewContainer};
 use crate::proxy::site;
 
 /// Where the edge reads Proxy configuration (the official image includes `conf.d/*.conf`).
-const CONF_DIR: &str = "/etc/nginx/conf.d";
+pub(crate) const CONF_DIR: &str = "/etc/nginx/conf.d";
 /// The label on everything the operator creates; the edge is recognised by it.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-const MANAGED_BY_VALUE: &str = "infrapilot";
+pub(crate) const MANAGED_BY_VALUE: &str = "infrapilot";
 const COMPONENT: &str = "infrapilot.io/component";
 /// The controller name in the edge's audit records.
 const CONTROLLER: &str = "proxy";

@@ -1,4 +1,5 @@
 use super::*;
+use crate::reconcile::tests_support::MemoryDocker;
 
 #[test]
 fn the_rejected_proxy_is_found_in_nginx_output() {
@@ -20,116 +21,6 @@ fn nginx_messages_lose_timestamps_and_process_ids() {
         nginx_message(output),
         "[emerg] invalid burst value \"burst=0\" in /etc/nginx/conf.d/infrapilot-p1.conf:13"
     );
-}
-
-/// A Docker engine in memory: one container, files, and an `nginx -t` that rejects any Proxy
-/// file containing `BAD`, naming it as nginx would.
-#[derive(Default)]
-struct FakeDocker {
-    state: std::sync::Mutex<FakeState>,
-}
-
-#[derive(Default)]
-struct FakeState {
-    created: usize,
-    files: BTreeMap<String, Vec<u8>>,
-    uploads: usize,
-    signals: usize,
-}
-
-#[async_trait]
-impl Docker for FakeDocker {
-    async fn container(
-        &self,
-        _name: &str,
-    ) -> Result<Option<crate::docker::ContainerFacts>, DockerError> {
-        let state = self.state.lock().unwrap();
-        Ok((state.created > 0).then(|| crate::docker::ContainerFacts {
-            id: "edge-id".to_owned(),
-            name: "edge".to_owned(),
-            running: true,
-            labels: BTreeMap::from([(MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned())]),
-            ..Default::default()
-        }))
-    }
-    async fn containers_with_labels(
-        &self,
-        _: &BTreeMap<String, String>,
-    ) -> Result<Vec<crate::docker::ContainerFacts>, DockerError> {
-        Ok(Vec::new())
-    }
-    async fn network(&self, _: &str) -> Result<Option<crate::docker::NetworkFacts>, DockerError> {
-        Ok(None)
-    }
-    async fn create(&self, container: &NewContainer) -> Result<String, DockerError> {
-        let mut state = self.state.lock().unwrap();
-        state.created += 1;
-        state.files.extend(container.files.iter().cloned());
-        Ok("edge-id".to_owned())
-    }
-    async fn remove(&self, _: &str) -> Result<(), DockerError> {
-        Ok(())
-    }
-    async fn connect(&self, _: &str, _: &str) -> Result<(), DockerError> {
-        Ok(())
-    }
-    async fn disconnect(&self, _: &str, _: &str) -> Result<(), DockerError> {
-        Ok(())
-    }
-    async fn put_files(&self, _: &str, files: &[(String, Vec<u8>)]) -> Result<(), DockerError> {
-        let mut state = self.state.lock().unwrap();
-        state.uploads += 1;
-        state.files.extend(files.iter().cloned());
-        Ok(())
-    }
-    async fn read_files(&self, _: &str, dir: &str) -> Result<Vec<(String, Vec<u8>)>, DockerError> {
-        let state = self.state.lock().unwrap();
-        Ok(state
-            .files
-            .iter()
-            .filter_map(|(path, content)| {
-                let (parent, name) = path.rsplit_once('/')?;
-                (parent == dir).then(|| (name.to_owned(), content.clone()))
-            })
-            .collect())
-    }
-    async fn exec(&self, _: &str, argv: &[&str]) -> Result<crate::docker::ExecOutput, DockerError> {
-        let mut state = self.state.lock().unwrap();
-        if argv.first() == Some(&"rm") {
-            for path in &argv[2..] {
-                state.files.remove(*path);
-            }
-            return Ok(crate::docker::ExecOutput {
-                exit_code: 0,
-                output: String::new(),
-            });
-        }
-        let bad = state.files.iter().find(|(path, content)| {
-            path.starts_with(CONF_DIR) && String::from_utf8_lossy(content).contains("BAD")
-        });
-        Ok(match bad {
-            Some((path, _)) => crate::docker::ExecOutput {
-                exit_code: 1,
-                output: format!(
-                    "nginx: [emerg] unknown directive \"BAD\" in {path}:1\nnginx: configuration file /etc/nginx/nginx.conf test failed\n"
-                ),
-            },
-            None => crate::docker::ExecOutput {
-                exit_code: 0,
-                output: String::new(),
-            },
-        })
-    }
-    async fn signal(&self, _: &str, _: &str) -> Result<(), DockerError> {
-        self.state.lock().unwrap().signals += 1;
-        Ok(())
-    }
-    fn events(
-        &self,
-    ) -> futures::stream::BoxStream<'static, Result<crate::docker::ContainerEvent, DockerError>>
-    {
-        Box::pin(futures::stream::pending())
-    }
 }
 
 fn edge(docker: Arc<dyn Docker>) -> Edge {
@@ -164,7 +55,7 @@ fn wanted(id: &str, config: &str) -> Wanted {
 
 #[tokio::test]
 async fn changes_arriving_together_share_one_reload_and_an_unchanged_one_costs_nothing() {
-    let docker = Arc::new(FakeDocker::default());
+    let docker = Arc::new(MemoryDocker::default());
     let edge = edge(docker.clone());
     let applies = (0..10).map(|i| edge.apply(wanted(&format!("p{i}"), &format!("server {i}"))));
     let results = futures::future::join_all(applies).await;
@@ -189,7 +80,7 @@ async fn changes_arriving_together_share_one_reload_and_an_unchanged_one_costs_n
 
 #[tokio::test]
 async fn a_rejected_file_is_taken_out_and_the_others_are_served() {
-    let docker = Arc::new(FakeDocker::default());
+    let docker = Arc::new(MemoryDocker::default());
     let edge = edge(docker.clone());
     assert_eq!(
         edge.apply(wanted("pgood", "server good")).await,
@@ -223,7 +114,7 @@ async fn a_rejected_file_is_taken_out_and_the_others_are_served() {
 #[tokio::test]
 async fn a_same_named_container_it_did_not_create_is_never_touched() {
     /// Docker with a foreign container where the edge would be.
-    struct Foreign(FakeDocker);
+    struct Foreign(MemoryDocker);
 
     #[async_trait]
     impl Docker for Foreign {
@@ -290,7 +181,7 @@ async fn a_same_named_container_it_did_not_create_is_never_touched() {
         }
     }
 
-    let docker = Arc::new(Foreign(FakeDocker::default()));
+    let docker = Arc::new(Foreign(MemoryDocker::default()));
     let edge = edge(docker.clone());
     assert_eq!(
         edge.apply(wanted("p1", "server 1")).await,

@@ -1,5 +1,7 @@
-//! Recording fakes of the outside world, for reconciler unit tests only.
+//! Recording fakes of the outside world (Docker, the edge, the ACME issuer, notifiers, the
+//! audit log, objects), for unit tests only.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -8,6 +10,11 @@ use super::{Context, Event, Events, Failure};
 use crate::api::Kind;
 use crate::audit::{Audit, NewRecord, ObjectRef};
 use crate::delivery::{DeliveryError, Message, Notifier, Receipt, Target};
+use crate::docker::{
+    ContainerEvent, ContainerFacts, Docker, DockerError, ExecOutput, NetworkFacts, NewContainer,
+};
+use crate::edge::{CONF_DIR, EdgeApi, EdgeError, MANAGED_BY, MANAGED_BY_VALUE, Served, Wanted};
+use crate::proxy::acme::{ChallengeResponder, Issued, Issuer, Request};
 use crate::runtime::objects::{ObjectStore, Objects, Selector, Typed};
 use crate::secrets::SecretMap;
 
@@ -157,5 +164,276 @@ impl ObjectStore for MemoryObjects {
         let key = (kind, namespace.to_owned(), name.to_owned());
         self.objects.lock().unwrap().remove(&key);
         Ok(())
+    }
+}
+
+/// A Docker engine in memory: upstream containers and networks as a test sets them, and the
+/// edge container (`edge`) with its files, whose `nginx -t` rejects any Proxy file containing
+/// `BAD`, naming it as nginx would.
+#[derive(Default)]
+pub struct MemoryDocker {
+    pub state: Mutex<DockerState>,
+}
+
+#[derive(Default)]
+pub struct DockerState {
+    /// Containers other than the edge.
+    pub containers: Vec<ContainerFacts>,
+    pub networks: Vec<NetworkFacts>,
+    /// Questions about containers and networks.
+    pub reads: usize,
+    /// Every question fails as an engine that does not answer.
+    pub unreachable: bool,
+    /// Times the edge was created.
+    pub created: usize,
+    /// The edge's files by absolute path.
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub uploads: usize,
+    pub signals: usize,
+}
+
+impl MemoryDocker {
+    pub fn with(containers: Vec<ContainerFacts>, networks: Vec<NetworkFacts>) -> Self {
+        let docker = Self::default();
+        {
+            let mut state = docker.state.lock().unwrap();
+            state.containers = containers;
+            state.networks = networks;
+        }
+        docker
+    }
+
+    /// Counts a question, failing it when the engine is set to be unreachable.
+    fn read(&self) -> Result<std::sync::MutexGuard<'_, DockerState>, DockerError> {
+        let mut state = self.state.lock().unwrap();
+        state.reads += 1;
+        if state.unreachable {
+            return Err(DockerError::Unreachable("connection refused".to_owned()));
+        }
+        Ok(state)
+    }
+}
+
+#[async_trait]
+impl Docker for MemoryDocker {
+    async fn container(&self, name: &str) -> Result<Option<ContainerFacts>, DockerError> {
+        let state = self.read()?;
+        if let Some(found) = state
+            .containers
+            .iter()
+            .find(|c| c.name == name || c.id == name)
+        {
+            return Ok(Some(found.clone()));
+        }
+        Ok(
+            (state.created > 0 && (name == "edge" || name == "edge-id")).then(|| ContainerFacts {
+                id: "edge-id".to_owned(),
+                name: "edge".to_owned(),
+                running: true,
+                labels: BTreeMap::from([(MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned())]),
+                ..Default::default()
+            }),
+        )
+    }
+
+    async fn containers_with_labels(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<ContainerFacts>, DockerError> {
+        let state = self.read()?;
+        Ok(state
+            .containers
+            .iter()
+            .filter(|c| labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
+            .cloned()
+            .collect())
+    }
+
+    async fn network(&self, name: &str) -> Result<Option<NetworkFacts>, DockerError> {
+        let state = self.read()?;
+        Ok(state
+            .networks
+            .iter()
+            .find(|n| n.id == name || n.name == name)
+            .cloned())
+    }
+
+    async fn create(&self, container: &NewContainer) -> Result<String, DockerError> {
+        let mut state = self.state.lock().unwrap();
+        state.created += 1;
+        state.files.extend(container.files.iter().cloned());
+        Ok("edge-id".to_owned())
+    }
+
+    async fn remove(&self, _: &str) -> Result<(), DockerError> {
+        Ok(())
+    }
+
+    async fn connect(&self, _: &str, _: &str) -> Result<(), DockerError> {
+        Ok(())
+    }
+
+    async fn disconnect(&self, _: &str, _: &str) -> Result<(), DockerError> {
+        Ok(())
+    }
+
+    async fn put_files(&self, _: &str, files: &[(String, Vec<u8>)]) -> Result<(), DockerError> {
+        let mut state = self.state.lock().unwrap();
+        state.uploads += 1;
+        state.files.extend(files.iter().cloned());
+        Ok(())
+    }
+
+    async fn read_files(&self, _: &str, dir: &str) -> Result<Vec<(String, Vec<u8>)>, DockerError> {
+        let state = self.state.lock().unwrap();
+        Ok(state
+            .files
+            .iter()
+            .filter_map(|(path, content)| {
+                let (parent, name) = path.rsplit_once('/')?;
+                (parent == dir).then(|| (name.to_owned(), content.clone()))
+            })
+            .collect())
+    }
+
+    async fn exec(&self, _: &str, argv: &[&str]) -> Result<ExecOutput, DockerError> {
+        let mut state = self.state.lock().unwrap();
+        if argv.first() == Some(&"rm") {
+            for path in &argv[2..] {
+                state.files.remove(*path);
+            }
+            return Ok(ExecOutput {
+                exit_code: 0,
+                output: String::new(),
+            });
+        }
+        let bad = state.files.iter().find(|(path, content)| {
+            path.starts_with(CONF_DIR) && String::from_utf8_lossy(content).contains("BAD")
+        });
+        Ok(match bad {
+            Some((path, _)) => ExecOutput {
+                exit_code: 1,
+                output: format!(
+                    "nginx: [emerg] unknown directive \"BAD\" in {path}:1\nnginx: configuration file /etc/nginx/nginx.conf test failed\n"
+                ),
+            },
+            None => ExecOutput {
+                exit_code: 0,
+                output: String::new(),
+            },
+        })
+    }
+
+    async fn signal(&self, _: &str, _: &str) -> Result<(), DockerError> {
+        self.state.lock().unwrap().signals += 1;
+        Ok(())
+    }
+
+    fn events(&self) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>> {
+        Box::pin(futures::stream::pending())
+    }
+}
+
+/// A Proxy's files as the edge holds them: absolute path and content.
+type Files = Vec<(String, Vec<u8>)>;
+
+/// The edge in memory: serves whatever it is given (or what `answers` says), and records
+/// every request.
+#[derive(Default)]
+pub struct MemoryEdge {
+    /// Every configuration it was asked to serve, in order.
+    pub applied: Mutex<Vec<Wanted>>,
+    /// The files it serves, by Proxy id.
+    pub served: Mutex<BTreeMap<String, Files>>,
+    /// Times it was asked for a Proxy's files.
+    pub files_asked: Mutex<usize>,
+    /// HTTP-01 answers published, by token.
+    pub challenges: Mutex<BTreeMap<String, String>>,
+    pub acme_state: Mutex<BTreeMap<String, Vec<u8>>>,
+    pub removed: Mutex<Vec<String>>,
+    /// What the next applies answer; serving when empty.
+    pub answers: Mutex<Vec<Result<Served, EdgeError>>>,
+}
+
+#[async_trait]
+impl EdgeApi for MemoryEdge {
+    async fn apply(&self, wanted: Wanted) -> Result<Served, EdgeError> {
+        self.applied.lock().unwrap().push(wanted.clone());
+        let mut answers = self.answers.lock().unwrap();
+        let answer = if answers.is_empty() {
+            Ok(Served::Serving)
+        } else {
+            answers.remove(0)
+        };
+        if answer == Ok(Served::Serving) {
+            self.served.lock().unwrap().insert(wanted.id, wanted.files);
+        }
+        answer
+    }
+
+    async fn remove(&self, id: &str, _object: ObjectRef) -> Result<(), EdgeError> {
+        self.removed.lock().unwrap().push(id.to_owned());
+        self.served.lock().unwrap().remove(id);
+        Ok(())
+    }
+
+    async fn publish_challenge(&self, token: &str, answer: &str) -> Result<(), EdgeError> {
+        self.challenges
+            .lock()
+            .unwrap()
+            .insert(token.to_owned(), answer.to_owned());
+        Ok(())
+    }
+
+    async fn files(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>, EdgeError> {
+        *self.files_asked.lock().unwrap() += 1;
+        Ok(self
+            .served
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn acme_state(
+        &self,
+        name: &str,
+        write: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, EdgeError> {
+        let mut state = self.acme_state.lock().unwrap();
+        match write {
+            Some(content) => {
+                state.insert(name.to_owned(), content);
+                Ok(None)
+            }
+            None => Ok(state.get(name).cloned()),
+        }
+    }
+}
+
+/// An ACME server in memory: publishes one challenge answer through the responder, as a real
+/// issuance does, then gives the next queued answer (a failure when none is queued).
+#[derive(Default)]
+pub struct MemoryIssuer {
+    pub requests: Mutex<Vec<Request>>,
+    pub answers: Mutex<Vec<Result<Issued, String>>>,
+}
+
+#[async_trait]
+impl Issuer for MemoryIssuer {
+    async fn issue(
+        &self,
+        request: &Request,
+        responder: &dyn ChallengeResponder,
+    ) -> Result<Issued, String> {
+        self.requests.lock().unwrap().push(request.clone());
+        responder.publish("token", "token.thumbprint").await?;
+        let mut answers = self.answers.lock().unwrap();
+        if answers.is_empty() {
+            Err("no answer queued".to_owned())
+        } else {
+            answers.remove(0)
+        }
     }
 }

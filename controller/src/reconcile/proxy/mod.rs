@@ -1,0 +1,132 @@
+//! The Proxy reconciler, a pipeline: validate the spec (grammar) → observe (the Secret, the
+//! upstream in Docker, the certificate the edge serves) → decide (pure: a [`decide::Plan`]) →
+//! apply (the edge, ACME issuance) → status (pure, from what was applied).
+
+mod apply;
+mod decide;
+mod observe;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Applied, Context, Failure, Reconciler, object_ref};
+use crate::api::proxy::{Proxy, ProxyStatus};
+use crate::docker::{Docker, NetworkFacts};
+use crate::edge::EdgeApi;
+use crate::proxy::acme;
+use crate::proxy::follow::Watches;
+use crate::proxy::site;
+
+/// The controller name in audit records and field managers.
+pub const CONTROLLER: &str = "proxy";
+/// Guards the removal of a Proxy's configuration from the edge.
+pub const FINALIZER: &str = "infrapilot.io/proxy";
+
+/// How often a Proxy with a container upstream is looked at again, to follow address changes.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// The Proxy reconciler with its outside world.
+pub struct Proxies {
+    docker: Arc<dyn Docker>,
+    edge: Arc<dyn EdgeApi>,
+    issuer: Arc<dyn acme::Issuer>,
+    /// Which containers each Proxy looks at, for following Docker events.
+    watches: Arc<Mutex<Watches>>,
+    /// Where followed changes go, until the first Proxy starts the following: an operator
+    /// without Proxies never talks to Docker.
+    pending_follow: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, String)>>>,
+    /// Network facts by id: a network's driver and scope never change, so each is asked once.
+    networks: Mutex<HashMap<String, NetworkFacts>>,
+}
+
+impl std::fmt::Debug for Proxies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Proxies")
+    }
+}
+
+impl Proxies {
+    pub fn new(
+        docker: Arc<dyn Docker>,
+        edge: Arc<dyn EdgeApi>,
+        issuer: Arc<dyn acme::Issuer>,
+    ) -> Self {
+        Self {
+            docker,
+            edge,
+            issuer,
+            watches: Arc::default(),
+            pending_follow: Mutex::default(),
+            networks: Mutex::default(),
+        }
+    }
+}
+
+fn proxy_key(proxy: &Proxy) -> (String, String) {
+    (
+        proxy
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+        proxy.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+#[async_trait::async_trait]
+impl Reconciler for Proxies {
+    type Object = Proxy;
+    type Status = ProxyStatus;
+
+    const CONTROLLER: &'static str = CONTROLLER;
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
+    // TLS certificates from Secrets.
+    const RBAC: &'static [crate::runtime::rbac::Rule] = &[crate::runtime::rbac::Rule::secrets()];
+
+    fn status(object: &Proxy) -> Option<&ProxyStatus> {
+        object.status.as_ref()
+    }
+
+    fn set_status(object: &mut Proxy, status: ProxyStatus) {
+        object.status = Some(status);
+    }
+
+    async fn reconcile(&self, proxy: &Proxy, ctx: &Context) -> Applied<ProxyStatus> {
+        let now = (ctx.now)();
+        let plan = match decide::validate(proxy) {
+            Ok(valid) => {
+                let observed = self.observe(proxy, &valid.settings, &valid.id, ctx).await;
+                decide::decide(proxy, valid, observed, now)
+            }
+            Err(stop) => decide::Plan::Stop(stop),
+        };
+        let outcome = self.apply(proxy, plan, ctx, now).await;
+        status::status(proxy, outcome, now)
+    }
+
+    fn triggers(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        if let Ok(mut pending) = self.pending_follow.lock() {
+            *pending = Some(sender);
+        }
+        Some(receiver)
+    }
+
+    async fn cleanup(&self, proxy: &Proxy, _ctx: &Context) -> Result<(), Failure> {
+        if let Ok(mut watches) = self.watches.lock() {
+            watches.forget(&proxy_key(proxy));
+        }
+        let id = site::site_id(proxy.metadata.uid.as_deref().unwrap_or_default());
+        self.edge
+            .remove(&id, object_ref(proxy))
+            .await
+            .map_err(|error| Failure {
+                category: error.category(),
+                message: error.to_string(),
+            })
+    }
+}

@@ -1,0 +1,621 @@
+//! The decide step without Docker (every ACME branch, TLS from a Secret, upstream missing,
+//! two Proxies on one host), then the whole pipeline against the fakes of `tests_support`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::decide::*;
+use super::observe::Observed;
+use super::{Proxies, RECHECK};
+use crate::api::proxy::{self as api, CertificateStatus, Proxy, ProxySpec, ProxyStatus};
+use crate::docker::{Attachment, ContainerFacts, DockerError, NetworkFacts};
+use crate::edge::EdgeError;
+use crate::proxy::upstream::{Reachable, Refusal};
+use crate::proxy::{acme, certificate, site};
+use crate::reconcile::tests_support::{
+    MemoryDocker, MemoryEdge, MemoryIssuer, Recorder, context, fixed_now,
+};
+use crate::reconcile::{Category, Reconciler, Requeue};
+use crate::secrets::{SecretError, SecretMap};
+
+const HOST: &str = "a.example.com";
+
+/// Midnight, `days` after today: certificates carry whole days.
+fn day(days: i64) -> jiff::Timestamp {
+    let today = fixed_now().as_second() - fixed_now().as_second() % 86_400;
+    jiff::Timestamp::from_second(today + days * 86_400).unwrap()
+}
+
+/// From now until `at`.
+fn until(at: jiff::Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(fixed_now())).unwrap()
+}
+
+/// A certificate for `names` valid from `from` for `days` days: (chain PEM, key PEM).
+fn pem(names: &[&str], from: jiff::Timestamp, days: i64) -> (Vec<u8>, Vec<u8>) {
+    let date = |t: jiff::Timestamp| {
+        let d = t.to_zoned(jiff::tz::TimeZone::UTC).date();
+        rcgen::date_time_ymd(d.year().into(), d.month() as u8, d.day() as u8)
+    };
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params.not_before = date(from);
+    params.not_after = date(from + jiff::SignedDuration::from_hours(24 * days));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
+}
+
+fn proxy(name: &str, uid: &str, tls: Option<api::Tls>) -> Proxy {
+    let spec = ProxySpec {
+        hosts: vec![HOST.to_owned()],
+        upstream: api::Upstream {
+            name: Some("web".to_owned()),
+            port: Some(8080),
+            ..Default::default()
+        },
+        tls,
+        rate_limit: None,
+        access: None,
+        websockets: false,
+        client_max_body_size: None,
+        timeouts: None,
+        headers: None,
+        suspend: false,
+    };
+    let mut proxy = Proxy::new(name, spec);
+    proxy.metadata.namespace = Some("default".to_owned());
+    proxy.metadata.uid = Some(uid.to_owned());
+    proxy.metadata.generation = Some(1);
+    proxy
+}
+
+fn acme_tls() -> Option<api::Tls> {
+    Some(api::Tls {
+        acme: Some(api::Acme {
+            email: "ops@example.com".to_owned(),
+            ..Default::default()
+        }),
+        redirect_http: true,
+        ..Default::default()
+    })
+}
+
+fn secret_tls() -> Option<api::Tls> {
+    Some(api::Tls {
+        secret_name: Some("site-tls".to_owned()),
+        redirect_http: true,
+        ..Default::default()
+    })
+}
+
+fn with_record(mut proxy: Proxy, record: CertificateStatus) -> Proxy {
+    proxy.status = Some(ProxyStatus {
+        certificate: Some(record),
+        ..Default::default()
+    });
+    proxy
+}
+
+fn reachable() -> Result<Result<Vec<Reachable>, Refusal>, DockerError> {
+    Ok(Ok(vec![Reachable {
+        container: "web".to_owned(),
+        network: "app".to_owned(),
+        address: "10.0.0.5:8080".parse().unwrap(),
+    }]))
+}
+
+/// The edge's files for the Proxy `proxy` holding `pair`.
+fn served(proxy: &Proxy, (crt, key): (Vec<u8>, Vec<u8>)) -> Vec<(String, Vec<u8>)> {
+    let (crt_path, key_path) = site::tls_paths(&validate(proxy).unwrap().id);
+    vec![(crt_path, crt), (key_path, key)]
+}
+
+fn plan(proxy: &Proxy, observed: Observed) -> Plan {
+    decide(proxy, validate(proxy).unwrap(), observed, fixed_now())
+}
+
+fn serving(plan: Plan) -> Serve {
+    match plan {
+        Plan::Serve(serve) => *serve,
+        Plan::Stop(stop) => panic!("stopped: {stop:?}"),
+    }
+}
+
+fn stopped(plan: Plan) -> Stop {
+    match plan {
+        Plan::Stop(stop) => stop,
+        Plan::Serve(serve) => panic!("served: {serve:?}"),
+    }
+}
+
+fn acme_observed(files: Vec<(String, Vec<u8>)>) -> Observed {
+    Observed {
+        upstream: Some(reachable()),
+        served: Some(Ok(files)),
+        ..Default::default()
+    }
+}
+
+fn issue(serve: &Serve) -> &Issue {
+    serve
+        .acme
+        .as_ref()
+        .and_then(|a| a.issue.as_ref())
+        .expect("an issuance")
+}
+
+fn issued(pair: (Vec<u8>, Vec<u8>)) -> acme::Issued {
+    acme::Issued {
+        chain_pem: String::from_utf8(pair.0).unwrap(),
+        key_pem: String::from_utf8(pair.1).unwrap(),
+    }
+}
+
+#[test]
+fn renewal_is_two_thirds_into_the_lifetime_and_failures_back_off() {
+    let at = |day: i64| jiff::Timestamp::from_second(1_800_000_000 + day * 86_400).unwrap();
+    let issued = certificate::Certificate {
+        not_before: at(0),
+        not_after: at(90),
+        names: vec!["a.example.com".to_owned()],
+        key: ("EC".to_owned(), 256),
+        chain_length: 2,
+        chain_ordered: true,
+        self_signed: false,
+    };
+    assert_eq!(renewal_time(&issued), at(60));
+    assert_eq!(issuance_backoff(1), jiff::SignedDuration::from_secs(30));
+    assert_eq!(issuance_backoff(3), jiff::SignedDuration::from_secs(120));
+    assert_eq!(
+        issuance_backoff(30),
+        jiff::SignedDuration::from_secs(6 * 3600)
+    );
+}
+
+#[test]
+fn without_tls_the_containers_are_served_over_http_on_their_network() {
+    let p = proxy("web", "0a1b", None);
+    let observed = Observed {
+        upstream: Some(reachable()),
+        ..Default::default()
+    };
+    let serve = serving(plan(&p, observed));
+    assert_eq!(serve.networks, ["app"]);
+    assert_eq!(serve.upstream.address, "10.0.0.5:8080");
+    assert_eq!(serve.upstream.container.as_deref(), Some("web"));
+    assert_eq!(serve.acme, None);
+    let certified = certify(&serve, None, fixed_now()).unwrap();
+    assert_eq!((certified.files.len(), &certified.certificate), (0, &None));
+    let site = site(&p, &serve, &certified);
+    assert!(site.wanted.config.contains("server 10.0.0.5:8080;"));
+    assert!(!site.wanted.config.contains("listen 443"));
+    assert_eq!(site.wanted.networks, ["app"]);
+    assert_eq!(site.requeue, Requeue::OnChange);
+}
+
+#[test]
+fn without_a_certificate_acme_issues_now_with_the_challenge_location_served_first() {
+    let p = proxy("web", "0a1b", acme_tls());
+    let serve = serving(plan(&p, acme_observed(Vec::new())));
+    let issue = issue(&serve);
+    assert_eq!(issue.request.directory, acme::LETS_ENCRYPT);
+    assert_eq!(issue.request.hosts, [HOST]);
+    assert_eq!(issue.request.email, "ops@example.com");
+    assert!(
+        issue
+            .prepare
+            .config
+            .contains("/.well-known/acme-challenge/")
+    );
+    assert!(!issue.prepare.config.contains("listen 443"));
+    assert!(issue.prepare.files.is_empty());
+
+    let pair = pem(&[HOST], day(0), 90);
+    let certified = certify(&serve, Some(Ok(issued(pair.clone()))), fixed_now()).unwrap();
+    assert_eq!(certified.files, served(&p, pair));
+    let record = certified.record.clone().unwrap();
+    assert_eq!(record.failed_issuance_attempts, 0);
+    assert_eq!(record.renewal_time, Some(Time(day(60))));
+    assert_eq!(certified.recheck, Some(until(day(60))));
+    assert!(
+        site(&p, &serve, &certified)
+            .wanted
+            .config
+            .contains("listen 443")
+    );
+}
+
+#[test]
+fn a_current_certificate_keeps_serving_until_two_thirds_of_its_life() {
+    let p = proxy("web", "0a1b", acme_tls());
+    let pair = pem(&[HOST], day(-30), 90);
+    let serve = serving(plan(&p, acme_observed(served(&p, pair.clone()))));
+    assert_eq!(serve.acme.as_ref().unwrap().issue, None);
+    let certified = certify(&serve, None, fixed_now()).unwrap();
+    assert_eq!(certified.files, served(&p, pair));
+    assert_eq!(certified.record.unwrap().renewal_time, Some(Time(day(30))));
+    assert_eq!(certified.recheck, Some(until(day(30))));
+}
+
+#[test]
+fn a_certificate_due_for_renewal_or_missing_a_host_is_renewed_while_it_serves() {
+    let p = proxy("web", "0a1b", acme_tls());
+    for pair in [
+        pem(&[HOST], day(-70), 90),
+        pem(&["other.example.com"], day(-1), 90),
+    ] {
+        let files = served(&p, pair);
+        let serve = serving(plan(&p, acme_observed(files.clone())));
+        let issue = issue(&serve);
+        // The current certificate keeps serving HTTPS while the challenge is answered.
+        assert_eq!(issue.prepare.files, files);
+        assert!(issue.prepare.config.contains("listen 443"));
+    }
+}
+
+#[test]
+fn after_failed_issuances_acme_waits_out_the_backoff_of_failed_issuance_attempts() {
+    let record = |seconds_ago: i64| CertificateStatus {
+        failed_issuance_attempts: 3,
+        last_failure_time: Some(Time(
+            fixed_now() - jiff::SignedDuration::from_secs(seconds_ago),
+        )),
+        ..Default::default()
+    };
+    // Three failures wait 120 s.
+    let waiting = with_record(proxy("web", "0a1b", acme_tls()), record(60));
+    let stop = stopped(plan(&waiting, acme_observed(Vec::new())));
+    assert_eq!(
+        (stop.reason, stop.category, stop.requeue),
+        ("IssuanceFailed", Category::Acme, Requeue::After(RECHECK))
+    );
+    // A certificate due for renewal keeps serving meanwhile.
+    let due = served(&waiting, pem(&[HOST], day(-70), 90));
+    let serve = serving(plan(&waiting, acme_observed(due)));
+    assert_eq!(serve.acme.as_ref().unwrap().issue, None);
+
+    let over = with_record(proxy("web", "0a1b", acme_tls()), record(120));
+    issue(&serving(plan(&over, acme_observed(Vec::new()))));
+}
+
+#[test]
+fn a_failed_issuance_without_a_certificate_is_counted_and_retried_after_its_backoff() {
+    let p = with_record(
+        proxy("web", "0a1b", acme_tls()),
+        CertificateStatus {
+            failed_issuance_attempts: 3,
+            last_failure_time: Some(Time(day(-1))),
+            ..Default::default()
+        },
+    );
+    let serve = serving(plan(&p, acme_observed(Vec::new())));
+    let stop = certify(&serve, Some(Err("rate limited".to_owned())), fixed_now()).unwrap_err();
+    assert_eq!(stop.reason, "IssuanceFailed");
+    assert!(
+        stop.message.contains("(attempt 4): rate limited"),
+        "{}",
+        stop.message
+    );
+    assert_eq!(stop.requeue, Requeue::After(Duration::from_secs(240)));
+    let record = stop.certificate.unwrap();
+    assert_eq!(record.failed_issuance_attempts, 4);
+    assert_eq!(record.last_failure_time, Some(Time(fixed_now())));
+}
+
+#[test]
+fn a_failed_renewal_keeps_the_current_certificate_and_retries_after_the_backoff() {
+    let p = proxy("web", "0a1b", acme_tls());
+    let files = served(&p, pem(&[HOST], day(-70), 90));
+    let serve = serving(plan(&p, acme_observed(files.clone())));
+    let certified = certify(&serve, Some(Err("timeout".to_owned())), fixed_now()).unwrap();
+    assert_eq!(certified.files, files);
+    assert_eq!(certified.recheck, Some(Duration::from_secs(30)));
+    assert_eq!(certified.record.unwrap().failed_issuance_attempts, 1);
+}
+
+#[test]
+fn a_certificate_from_a_secret_is_served_over_https() {
+    let p = proxy("web", "0a1b", secret_tls());
+    let pair = pem(&[HOST], day(-1), 90);
+    let observed = Observed {
+        secret: Some(Ok(pair.clone())),
+        upstream: Some(reachable()),
+        ..Default::default()
+    };
+    let serve = serving(plan(&p, observed));
+    assert_eq!(serve.acme, None);
+    let certified = certify(&serve, None, fixed_now()).unwrap();
+    assert_eq!(certified.files, served(&p, pair));
+    assert_eq!(certified.certificate.as_ref().unwrap().names, [HOST]);
+    assert_eq!(certified.record, None);
+    let site = site(&p, &serve, &certified);
+    assert!(site.wanted.config.contains("listen 443"));
+    assert_eq!(site.requeue, Requeue::OnChange);
+}
+
+#[test]
+fn a_missing_or_unreadable_secret_stops_the_proxy_with_the_reason() {
+    let p = proxy("web", "0a1b", secret_tls());
+    let missing = SecretError::not_found("default", "site-tls");
+    let stop = stopped(plan(
+        &p,
+        Observed {
+            secret: Some(Err(missing.clone())),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(
+        (stop.reason, stop.category, stop.requeue),
+        (
+            "SecretUnavailable",
+            missing.category(),
+            Requeue::After(RECHECK)
+        )
+    );
+    let stop = stopped(plan(
+        &p,
+        Observed {
+            secret: Some(Ok((b"not a certificate".to_vec(), b"nor a key".to_vec()))),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(stop.reason, "InvalidCertificate");
+    assert!(
+        stop.message.starts_with("Secret default/site-tls: "),
+        "{}",
+        stop.message
+    );
+}
+
+#[test]
+fn a_missing_upstream_waits_for_docker_to_report_a_change() {
+    let p = proxy("web", "0a1b", None);
+    let stop = stopped(plan(
+        &p,
+        Observed {
+            upstream: Some(Ok(Err(Refusal::NotFound("name web".to_owned())))),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(
+        (stop.reason, stop.category, stop.requeue),
+        ("UpstreamNotFound", Category::Upstream, Requeue::OnChange)
+    );
+    let stop = stopped(plan(
+        &p,
+        Observed {
+            upstream: Some(Err(DockerError::Unreachable("refused".to_owned()))),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(
+        (stop.reason, stop.requeue),
+        ("DockerUnavailable", Requeue::After(RECHECK))
+    );
+}
+
+#[test]
+fn an_edge_that_does_not_answer_stops_acme_before_any_issuance() {
+    let p = proxy("web", "0a1b", acme_tls());
+    let observed = Observed {
+        upstream: Some(reachable()),
+        served: Some(Err(EdgeError::Stopped)),
+        ..Default::default()
+    };
+    let stop = stopped(plan(&p, observed));
+    assert_eq!(
+        (stop.reason, stop.requeue),
+        ("EdgeUnavailable", Requeue::After(RECHECK))
+    );
+}
+
+/// Nothing detects a host claimed twice today (the CRD documents "a hostname may belong to
+/// one Proxy only" without enforcing it): each Proxy is planned alone into its own file,
+/// and nginx keeps the first server block for the host, warning "conflicting server name".
+#[test]
+fn two_proxies_claiming_one_host_are_each_planned_into_their_own_file() {
+    let first = proxy("one", "0a1b", None);
+    let second = proxy("two", "0c2d", None);
+    let observed = Observed {
+        upstream: Some(reachable()),
+        ..Default::default()
+    };
+    let [one, two] = [&first, &second].map(|p| {
+        let serve = serving(plan(p, observed.clone()));
+        let certified = certify(&serve, None, fixed_now()).unwrap();
+        site(p, &serve, &certified).wanted
+    });
+    assert_ne!(one.id, two.id);
+    assert!(one.config.contains(&format!("server_name {HOST};")));
+    assert!(two.config.contains(&format!("server_name {HOST};")));
+}
+
+#[test]
+fn an_invalid_spec_stops_before_anything_is_observed() {
+    let mut p = proxy("web", "0a1b", None);
+    p.spec.hosts = vec!["Not_A_Host".to_owned()];
+    let stop = validate(&p).unwrap_err();
+    assert_eq!(
+        (stop.reason, stop.category, stop.requeue),
+        ("InvalidSpec", Category::Config, Requeue::OnChange)
+    );
+}
+
+// The whole pipeline against the fakes.
+
+struct World {
+    docker: Arc<MemoryDocker>,
+    edge: Arc<MemoryEdge>,
+    issuer: Arc<MemoryIssuer>,
+    recorder: Arc<Recorder>,
+    proxies: Proxies,
+}
+
+fn world() -> World {
+    let web = ContainerFacts {
+        id: "c-web".to_owned(),
+        name: "web".to_owned(),
+        running: true,
+        network_mode: "app".to_owned(),
+        labels: BTreeMap::new(),
+        networks: vec![Attachment {
+            network: "app".to_owned(),
+            network_id: "n-app".to_owned(),
+            ip: Some("10.0.0.5".parse().unwrap()),
+        }],
+    };
+    let app = NetworkFacts {
+        id: "n-app".to_owned(),
+        name: "app".to_owned(),
+        driver: "bridge".to_owned(),
+        scope: "local".to_owned(),
+    };
+    let docker = Arc::new(MemoryDocker::with(vec![web], vec![app]));
+    let edge = Arc::new(MemoryEdge::default());
+    let issuer = Arc::new(MemoryIssuer::default());
+    World {
+        proxies: Proxies::new(docker.clone(), edge.clone(), issuer.clone()),
+        docker,
+        edge,
+        issuer,
+        recorder: Arc::new(Recorder::default()),
+    }
+}
+
+impl World {
+    async fn reconcile(&self, proxy: &Proxy) -> crate::reconcile::Applied<ProxyStatus> {
+        let ctx = context(&self.recorder, SecretMap::default());
+        self.proxies.reconcile(proxy, &ctx).await
+    }
+}
+
+fn ready(status: &ProxyStatus) -> (String, String) {
+    let c = status.conditions.get(crate::status::READY).unwrap();
+    (c.status.clone(), c.reason.clone())
+}
+
+#[tokio::test]
+async fn an_acme_certificate_is_issued_through_the_edge_audited_and_served() {
+    let w = world();
+    let pair = pem(&[HOST], day(0), 90);
+    w.issuer
+        .answers
+        .lock()
+        .unwrap()
+        .push(Ok(issued(pair.clone())));
+    let p = proxy("web", "0a1b", acme_tls());
+    let applied = w.reconcile(&p).await;
+    assert_eq!(ready(&applied.status), ("True".into(), "Serving".into()));
+    assert_eq!(applied.failure, None);
+    assert_eq!(applied.requeue, Requeue::After(until(day(60))));
+    let record = applied.status.certificate.clone().unwrap();
+    assert_eq!(record.not_after, Some(Time(day(90))));
+    assert_eq!(record.renewal_time, Some(Time(day(60))));
+    assert!(applied.status.tls_grade.is_some());
+    assert_eq!(applied.status.networks, ["app"]);
+
+    // First the challenge location, then the certificate.
+    let applies = w.edge.applied.lock().unwrap().clone();
+    assert_eq!(applies.len(), 2);
+    assert!(applies[0].files.is_empty());
+    assert_eq!(applies[1].files, served(&p, pair));
+    assert!(w.edge.challenges.lock().unwrap().contains_key("token"));
+    assert_eq!(w.issuer.requests.lock().unwrap()[0].hosts, [HOST]);
+    let audit = w.recorder.audit.lock().unwrap().clone();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].action, "certificate.issue");
+    assert_eq!(audit[0].outcome, crate::audit::Outcome::Success);
+
+    // Served and not due: nothing is issued again.
+    let again = Proxy {
+        status: Some(applied.status.clone()),
+        ..p
+    };
+    w.reconcile(&again).await;
+    assert_eq!(w.issuer.requests.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_issuance_is_audited_and_counted_in_the_status() {
+    let w = world();
+    let p = proxy("web", "0a1b", acme_tls());
+    let applied = w.reconcile(&p).await;
+    assert_eq!(
+        ready(&applied.status),
+        ("False".into(), "IssuanceFailed".into())
+    );
+    assert_eq!(applied.requeue, Requeue::After(Duration::from_secs(30)));
+    assert_eq!(
+        applied.status.certificate.unwrap().failed_issuance_attempts,
+        1
+    );
+    assert_eq!(
+        w.edge.applied.lock().unwrap().len(),
+        1,
+        "the challenge only"
+    );
+    let audit = w.recorder.audit.lock().unwrap();
+    assert_eq!(audit[0].outcome, crate::audit::Outcome::Failure);
+    assert_eq!(audit[0].detail, "no answer queued");
+}
+
+#[tokio::test]
+async fn a_proxy_whose_upstream_is_missing_never_asks_the_edge() {
+    let w = world();
+    let mut p = proxy("web", "0a1b", acme_tls());
+    p.spec.upstream.name = Some("gone".to_owned());
+    let applied = w.reconcile(&p).await;
+    assert_eq!(
+        ready(&applied.status),
+        ("False".into(), "UpstreamNotFound".into())
+    );
+    assert_eq!(*w.edge.files_asked.lock().unwrap(), 0);
+    assert!(w.edge.applied.lock().unwrap().is_empty());
+    assert!(w.issuer.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_proxy_whose_secret_is_missing_asks_docker_nothing() {
+    let w = world();
+    let p = proxy("web", "0a1b", secret_tls());
+    let applied = w.reconcile(&p).await;
+    assert_eq!(
+        ready(&applied.status),
+        ("False".into(), "SecretUnavailable".into())
+    );
+    assert_eq!(w.docker.state.lock().unwrap().reads, 0);
+
+    // The same Proxy with its Secret is served over HTTPS, from the container on its network.
+    let (crt, key) = pem(&[HOST], day(-1), 90);
+    let secrets = SecretMap::default();
+    secrets.insert(
+        "default",
+        "site-tls",
+        BTreeMap::from([("tls.crt".to_owned(), crt), ("tls.key".to_owned(), key)]),
+    );
+    let applied = w
+        .proxies
+        .reconcile(&p, &context(&w.recorder, secrets))
+        .await;
+    assert_eq!(ready(&applied.status), ("True".into(), "Serving".into()));
+    assert_eq!(applied.status.upstream.unwrap().address, "10.0.0.5:8080");
+    assert!(w.docker.state.lock().unwrap().reads > 0);
+}
+
+#[tokio::test]
+async fn a_docker_that_does_not_answer_is_asked_again_soon() {
+    let w = world();
+    w.docker.state.lock().unwrap().unreachable = true;
+    let p = proxy("web", "0a1b", None);
+    let applied = w.reconcile(&p).await;
+    assert_eq!(
+        ready(&applied.status),
+        ("False".into(), "DockerUnavailable".into())
+    );
+    assert_eq!(applied.requeue, Requeue::After(RECHECK));
+    assert!(w.edge.applied.lock().unwrap().is_empty());
+}
