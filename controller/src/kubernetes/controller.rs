@@ -249,11 +249,15 @@ async fn apply<R: Reconciler>(
         _ => std::borrow::Cow::Borrowed(object),
     };
     let writer = ApplyStatus::<R> { api };
-    let Reconciled { status, next } = shared
+    let Reconciled {
+        status,
+        stored,
+        next,
+    } = shared
         .driver
         .reconcile(&current, R::status(&current), &writer)
         .await;
-    if let Ok(mut written) = shared.written.lock() {
+    if stored && let Ok(mut written) = shared.written.lock() {
         written.insert(uid, status);
     }
     match next {

@@ -82,6 +82,7 @@ impl<R: Reconciler> Driver<R> {
             failure,
         } = self.reconciler.reconcile(object, &self.ctx).await;
         let written = writer.write(object, current, &status).await;
+        let stored = written.is_ok();
         let failure = match written {
             Ok(true) => {
                 log_status::<R>(object, &status);
@@ -98,7 +99,11 @@ impl<R: Reconciler> Driver<R> {
             started.elapsed(),
             failure.as_ref().map(|f| f.category),
         );
-        Reconciled { status, next }
+        Reconciled {
+            status,
+            stored,
+            next,
+        }
     }
 
     /// Undoes what `object` owns before it goes. A failure is logged and counted; the runtime
@@ -157,6 +162,9 @@ impl<R: Reconciler> Driver<R> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reconciled<S> {
     pub status: S,
+    /// Whether the object now carries `status` (written, or already there). A status that
+    /// could not be written must not be taken for the object's.
+    pub stored: bool,
     pub next: Next,
 }
 

@@ -127,6 +127,27 @@ async fn an_alert_channel_gets_its_status_applied_and_no_finalizer() {
 }
 
 #[tokio::test]
+async fn a_status_write_that_failed_is_made_again_on_the_next_reconcile() {
+    let (client, server) = ApiServer::new();
+    let path = format!("{OBJECT}/status?&force=true&fieldManager=infrapilot.io%2Falertchannel");
+    let refused = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "Conflict", "code": 409, "message": "conflict"});
+    let task = tokio::spawn(server.run(vec![
+        Reply::new("PATCH", &path, 409, refused),
+        Reply::new("PATCH", &path, 200, serde_json::to_value(channel()).unwrap())
+            .with_body_field("/status/conditions/0/reason", json!("Configured")),
+    ]));
+    let recorder = Arc::new(Recorder::default());
+    let shared = shared(AlertChannels, client, &recorder);
+    // The failed write is retried on the API's backoff, and not remembered as written.
+    let action = reconcile(guard(channel()), shared.clone()).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    let action = reconcile(guard(channel()), shared).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(600)));
+    task.await.unwrap();
+}
+
+#[tokio::test]
 async fn the_finalizer_is_added_before_anything_is_done() {
     let (client, server) = ApiServer::new();
     let add = json_patch(json!([
