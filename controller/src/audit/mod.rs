@@ -195,6 +195,26 @@ pub struct AuditLog {
     append_lock: Mutex<()>,
 }
 
+/// How often an append is tried again when another writer got in its way.
+const APPEND_ATTEMPTS: u32 = 20;
+
+/// Whether an append failed only because another writer got in its way, so that trying again
+/// appends it: on SQLite, a write that follows the head's read while another connection (the
+/// store writing a status) committed in between fails with SQLITE_BUSY_SNAPSHOT (517) at once,
+/// whatever the busy timeout; on PostgreSQL another process may have appended the same seq
+/// (a unique violation) or a serialization failure may occur.
+fn contended(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|error| error.as_database_error())
+            .and_then(|error| error.code())
+            .is_some_and(|code| {
+                matches!(code.as_ref(), "5" | "6" | "517" | "261" | "23505" | "40001")
+            })
+    })
+}
+
 impl AuditLog {
     /// Opens the log in `pool`'s database (see [`crate::state::Database`]), its tables created
     /// or brought up to date first. The pool's drivers must be installed
@@ -211,6 +231,22 @@ impl AuditLog {
     /// Appends a record, timestamped now, and returns it as stored.
     pub async fn append(&self, new: NewRecord) -> anyhow::Result<Record> {
         let _turn = self.append_lock.lock().await;
+        let mut attempt: u32 = 0;
+        loop {
+            match self.try_append(new.clone()).await {
+                // Nothing was written: read the head again and append after it.
+                Err(error) if attempt < APPEND_ATTEMPTS && contended(&error) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(attempt)))
+                        .await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt at [`Self::append`], with the append lock held.
+    async fn try_append(&self, new: NewRecord) -> anyhow::Result<Record> {
         let mut tx = self
             .pool
             .begin()

@@ -391,3 +391,43 @@ async fn cef_export_writes_one_escaped_line_per_record() {
     assert!(lines[1].contains("|3|rt="), "{}", lines[1]);
     assert!(lines[1].ends_with("msg=fine externalId=2"), "{}", lines[1]);
 }
+
+#[tokio::test]
+async fn appends_are_kept_while_other_writers_use_the_same_database() {
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = crate::state::sqlite_url(&dir.path().join("state.db"));
+    let state = crate::state::Database::open(&url).await.expect("state");
+    let log = std::sync::Arc::new(AuditLog::open(state.pool(), test_key()).await.expect("log"));
+    let pool = state.pool();
+    sqlx::query("CREATE TABLE other (n BIGINT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO other VALUES (0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Status writes of the store go on while side effects are recorded, as in the operator.
+    let writer = tokio::spawn(async move {
+        for _ in 0..300 {
+            sqlx::query("UPDATE other SET n = n + 1")
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    });
+    let mut appends = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let log = log.clone();
+        appends.spawn(async move {
+            log.append(record("AlertChannel", &format!("c{i}"), "delivered"))
+                .await
+        });
+    }
+    while let Some(appended) = appends.join_next().await {
+        appended.unwrap().expect("every append is kept");
+    }
+    writer.await.unwrap();
+    assert_eq!(log.verify().await.unwrap(), 40);
+}
