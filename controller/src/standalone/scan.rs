@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::store::Store;
 use super::sync::{self, Change, Key, Missing, Place, Scanned, Unread, Verdict};
 use crate::api::Kind;
-use crate::manifest::read::{Limits, read_tree};
+use crate::manifest::read::{Limits, Parsed, read_tree_again};
 use crate::manifest::{self, Object, Outcome, Problem};
 use crate::secrets::{SecretMap, Secrets};
 
@@ -47,6 +47,9 @@ pub struct Scanner {
     unreadable_roots: BTreeSet<PathBuf>,
     /// When the last scan started.
     last_scan: Option<Instant>,
+    /// What each root's files came to at the last scan, so that unchanged files are not
+    /// checked again.
+    parsed: Vec<Parsed>,
 }
 
 /// What a scan changed.
@@ -68,7 +71,6 @@ impl Scanner {
     ) -> anyhow::Result<Scanner> {
         let watch = Watch::start(&roots, changed)?;
         Ok(Scanner {
-            roots,
             store,
             secrets,
             watch,
@@ -79,6 +81,8 @@ impl Scanner {
             waiting: BTreeSet::new(),
             unreadable_roots: BTreeSet::new(),
             last_scan: None,
+            parsed: roots.iter().map(|_| Parsed::default()).collect(),
+            roots,
         })
     }
 
@@ -102,16 +106,27 @@ impl Scanner {
     pub async fn scan(&mut self) -> anyhow::Result<Scan> {
         self.last_scan = Some(Instant::now());
         let roots = self.roots.clone();
+        let mut parsed = std::mem::take(&mut self.parsed);
         // Reading touches the file system, which may be slow or stuck (a network mount): never
         // on the async workers.
-        let trees = tokio::task::spawn_blocking(move || {
-            roots
+        let read = tokio::task::spawn_blocking(move || {
+            let trees = roots
                 .iter()
-                .map(|root| read_tree(root, Limits::default()))
-                .collect::<Vec<_>>()
+                .zip(&mut parsed)
+                .map(|(root, parsed)| read_tree_again(root, Limits::default(), parsed))
+                .collect::<Vec<_>>();
+            (trees, parsed)
         })
-        .await
-        .context("reading the manifests stopped")?;
+        .await;
+        let (trees, parsed) = match read {
+            Ok(read) => read,
+            Err(error) => {
+                // Nothing is remembered of a read that stopped: the next reads every file.
+                self.parsed = self.roots.iter().map(|_| Parsed::default()).collect();
+                return Err(error).context("reading the manifests stopped");
+            }
+        };
+        self.parsed = parsed;
         let now = Instant::now();
 
         let mut unread = Unread::default();
