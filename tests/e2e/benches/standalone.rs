@@ -6,21 +6,44 @@
 //!   RSS under 60 MB at 1,000 and under 100 MB at 10,000);
 //! - a steady state once everything settled (no status written and no audit record for 3 s,
 //!   no backup run pending or running), across three resyncs: no status written and no side
-//!   effect (no audit record). The workload includes a channel verified against a live local
-//!   webhook, so that a repeated side effect would show: its verification is one audit record
-//!   and one request, and must not happen again.
+//!   effect. The workload includes objects whose reconcile really performs one, so that a
+//!   repeat would show: a channel verified against a live local webhook (one audit record and
+//!   one request), and a Proxy served by a real container through a real edge (an nginx reload;
+//!   it must still answer afterwards).
 //!
 //! Other side effects are stubbed by the manifests themselves: the other channels do not
-//! verify, Proxies name containers that do not exist, backups do not exist.
+//! verify, the other Proxies name containers that do not exist, backups do not exist.
+//!
+//! With `INFRAPILOT_BASELINE_BIN` naming another build of the binary (an earlier commit's
+//! release build), the idle and 1,000-object scenarios run with it too, in the same run and
+//! alternating with this build, and the ratios are printed: both get the same machine, the
+//! same warm caches and the same workload.
+//!
+//! Needs the Docker engine and the test images (`tests/env/images.sh`; `tests/run.sh` builds
+//! them).
 //!
 //!     cargo build --release -p infrapilot && cargo bench -p infrapilot-e2e --bench standalone
 
-use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use infrapilot_e2e::docker::{ContainerSpec, TestDocker, images};
+use infrapilot_e2e::edge::TestEdge;
 use infrapilot_e2e::operator::Operator;
 use infrapilot_e2e::webhook::WebhookServer;
+
+/// Prints a line of the report at once, so that a later failure keeps what was measured.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        #[allow(clippy::print_stdout)]
+        {
+            println!($($arg)*);
+        }
+    }};
+}
+
+/// The host of the one Proxy served by a real container.
+const SERVED_HOST: &str = "served.bench.test";
 
 /// How many objects of each kind a scenario has; `scale` 1 is 1,000 objects, 10 is 10,000.
 /// Runs stay at 50 (each waits for a restore slot); channels make up the difference.
@@ -46,20 +69,21 @@ impl Mix {
     }
 
     fn total(&self) -> usize {
-        // The verified channel comes on top.
-        self.channels + self.proxies + self.rules + self.tenants + self.policies + self.runs + 1
+        // The verified channel and the served Proxy come on top.
+        self.channels + self.proxies + self.rules + self.tenants + self.policies + self.runs + 2
     }
 
     /// Objects of the kinds with a reconciler, which must all carry a status.
     fn reconciled(&self) -> usize {
-        self.channels + self.proxies + self.policies + self.runs + 1
+        self.channels + self.proxies + self.policies + self.runs + 2
     }
 }
 
-fn manifests(dir: &Path, mix: &Mix, sink: &str) {
+fn manifests(dir: &Path, mix: &Mix, sink: &str, app: &str) {
     std::fs::create_dir_all(dir).expect("manifests dir");
     let mut docs: Vec<String> = Vec::new();
     docs.push(format!("apiVersion: infrapilot.io/v1alpha1\nkind: AlertChannel\nmetadata:\n  name: verified-sink\nspec:\n  verify: true\n  webhook:\n    url: {sink}\n"));
+    docs.push(format!("apiVersion: infrapilot.io/v1alpha1\nkind: Proxy\nmetadata:\n  name: served\nspec:\n  hosts: [{SERVED_HOST}]\n  upstream:\n    name: {app}\n    port: 8080\n"));
     for i in 0..mix.channels {
         docs.push(format!("apiVersion: infrapilot.io/v1alpha1\nkind: AlertChannel\nmetadata:\n  name: ch-{i}\nspec:\n  webhook:\n    url: http://127.0.0.1:9/{i}\n"));
     }
@@ -134,16 +158,24 @@ async fn counts(db: &Path) -> (i64, i64, i64, i64) {
     (objects, reconciled, audit, busy)
 }
 
-async fn wait_started(operator: &Operator) {
+/// The RSS of `binary` started with no objects, once it said it started and 2 s passed.
+async fn idle_rss(binary: &Path, dir: &Path) -> u64 {
+    std::fs::create_dir_all(dir.join("manifests")).expect("manifests dir");
+    let mut idle = Operator::start_binary(binary, dir, &["run", "--manifests", "manifests"], &[])
+        .expect("start");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !operator.log().contains("standalone mode started") {
+    while !idle.log().contains("standalone mode started") {
         assert!(
             Instant::now() < deadline,
             "the operator did not start:\n{}",
-            operator.log()
+            idle.log()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = rss_kib(idle.process().pid().expect("pid"));
+    idle.stop().await.expect("stop");
+    rss
 }
 
 /// What one scenario measured.
@@ -155,18 +187,29 @@ struct Measured {
     writes: usize,
     side_effects: i64,
     sink_requests: usize,
+    reloads: usize,
 }
 
-/// Cold start with the mix of `scale`, observed, settled, then three quiet resyncs.
-async fn scenario(base: &Path, scale: usize) -> Measured {
+/// Cold start of `binary` with the mix of `scale`, observed, settled, then three quiet
+/// resyncs; the served Proxy's upstream is the container `app`.
+async fn scenario(
+    base: &Path,
+    name: &str,
+    scale: usize,
+    binary: &Path,
+    docker: &TestDocker,
+    app: &str,
+) -> Measured {
     let mix = Mix::of(scale);
     let sink = WebhookServer::start().await.expect("the webhook sink");
-    let dir = base.join(format!("scale-{scale}"));
-    manifests(&dir.join("manifests"), &mix, &sink.url("/verify"));
+    let edge = TestEdge::new(docker);
+    let dir = base.join(name);
+    manifests(&dir.join("manifests"), &mix, &sink.url("/verify"), app);
+    let mut args = vec!["run", "--manifests", "manifests", "--resync", "2s"];
+    let edge_args = edge.args();
+    args.extend(edge_args.iter().map(String::as_str));
     let started = Instant::now();
-    let mut operator =
-        Operator::start(&dir, &["run", "--manifests", "manifests", "--resync", "2s"])
-            .expect("start");
+    let mut operator = Operator::start_binary(binary, &dir, &args, &[]).expect("start");
     let db = dir.join(".infrapilot/state.db");
     let observed = loop {
         let (objects, reconciled, _, _) = counts(&db).await;
@@ -175,40 +218,53 @@ async fn scenario(base: &Path, scale: usize) -> Measured {
         }
         assert!(
             started.elapsed() < Duration::from_secs(300),
-            "not observed after 300 s: {objects} objects, {reconciled} with a status"
+            "{name}: not observed after 300 s: {objects} objects, {reconciled} with a status"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_kib = rss_kib(operator.process().pid().expect("pid"));
 
-    // Settled: every run ended, and 3 s without a status write or an audit record.
-    let mut last = (usize::MAX, i64::MAX);
+    // Settled: every run ended, and 3 s without a status write, an audit record or a reload.
+    let mut last = (usize::MAX, i64::MAX, usize::MAX);
     let mut quiet_since = Instant::now();
     let settled = loop {
-        let writes = operator.log().matches("status updated").count();
+        let log = operator.log();
+        let writes = log.matches("status updated").count();
+        let reloads = log.matches("reloaded nginx").count();
         let (_, _, audit, busy) = counts(&db).await;
-        if (writes, audit) != last || busy > 0 {
-            last = (writes, audit);
+        if (writes, audit, reloads) != last || busy > 0 {
+            last = (writes, audit, reloads);
             quiet_since = Instant::now();
         } else if quiet_since.elapsed() >= Duration::from_secs(3) {
             break started.elapsed();
         }
         assert!(
             started.elapsed() < Duration::from_secs(900),
-            "not settled after 900 s: {busy} runs not ended"
+            "{name}: not settled after 900 s: {busy} runs not ended"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    // The verified channel's one side effect happened (so a repeat would be seen).
+    // The side effects that a repeat would show happened once already: the channel was
+    // verified, and the served Proxy was written to nginx and answers.
     let sink_before = sink.requests().len();
-    assert_eq!(sink_before, 1, "the channel was verified once");
+    assert_eq!(sink_before, 1, "{name}: the channel was verified once");
+    let log = operator.log();
+    let reloads_before = log.matches("reloaded nginx").count();
+    assert!(reloads_before >= 1, "{name}: nginx was never reloaded");
+    edge.wait_for(SERVED_HOST, 200, app, || operator.log())
+        .await;
 
     let writes_before = operator.log().matches("status updated").count();
     let (_, _, audit_before, _) = counts(&db).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let writes_after = operator.log().matches("status updated").count();
+    let log = operator.log();
+    let writes_after = log.matches("status updated").count();
+    let reloads_after = log.matches("reloaded nginx").count();
     let (_, _, audit_after, _) = counts(&db).await;
+    // Still served after the quiet resyncs.
+    edge.wait_for(SERVED_HOST, 200, app, || operator.log())
+        .await;
     operator.stop().await.expect("stop");
     Measured {
         total: mix.total(),
@@ -218,63 +274,100 @@ async fn scenario(base: &Path, scale: usize) -> Measured {
         writes: writes_after - writes_before,
         side_effects: audit_after - audit_before,
         sink_requests: sink.requests().len() - sink_before,
+        reloads: reloads_after - reloads_before,
     }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn describe(who: &str, m: &Measured, rss_target: f64) {
+    let total = m.total;
+    say!("{who}, {total} objects:");
+    say!(
+        "  every object observed:       {:>7.2} s    (target < 5 s: {:.2}x of target)",
+        m.observed.as_secs_f64(),
+        m.observed.as_secs_f64() / 5.0
+    );
+    say!(
+        "  RSS once observed:           {:>7.1} MiB  (target < {rss_target} MiB: {:.2}x of target)",
+        mib(m.rss_kib),
+        mib(m.rss_kib) / rss_target
+    );
+    say!(
+        "  settled after:               {:>7.2} s    (every run ended, 3 s quiet)",
+        m.settled.as_secs_f64()
+    );
+    say!(
+        "  steady state over 3 resyncs: {} status writes, {} audit records, {} webhook requests, {} nginx reloads (target: 0, 0, 0, 0)",
+        m.writes,
+        m.side_effects,
+        m.sink_requests,
+        m.reloads
+    );
 }
 
 #[tokio::main]
 async fn main() {
     sqlx::any::install_default_drivers();
     let base = tempfile::tempdir().expect("temp dir");
-    let mut report = String::new();
-    writeln!(
-        report,
-        "binary: {}",
-        infrapilot_e2e::operator::binary().display()
-    )
-    .ok();
+    let this = infrapilot_e2e::operator::binary();
+    let baseline = std::env::var_os("INFRAPILOT_BASELINE_BIN").map(PathBuf::from);
+    let docker = TestDocker::new("standalone-bench").await;
+    let app = docker
+        .run(ContainerSpec::new(images::APP))
+        .await
+        .expect("the app container (build the test images with tests/env/images.sh)");
 
-    // Idle, no objects.
-    let idle_dir = base.path().join("idle");
-    let mut idle = Operator::standalone(&idle_dir).expect("start");
-    wait_started(&idle).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_rss = rss_kib(idle.process().pid().expect("pid"));
-    idle.stop().await.expect("stop");
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    writeln!(
-        report,
-        "idle RSS, no objects:        {:>7.1} MiB  (target < 30 MiB: {:.2}x of target)",
-        mib(idle_rss),
-        mib(idle_rss) / 30.0
-    )
-    .ok();
-
-    for (scale, rss_target) in [(1, 60.0), (10, 100.0)] {
-        let m = scenario(base.path(), scale).await;
-        let total = m.total;
-        writeln!(report, "every object observed:       {:>7.2} s    ({total} objects; target < 5 s: {:.2}x of target)", m.observed.as_secs_f64(), m.observed.as_secs_f64() / 5.0).ok();
-        writeln!(
-            report,
-            "RSS with {total} objects:     {:>7.1} MiB  (target < {rss_target} MiB: {:.2}x of target)",
-            mib(m.rss_kib),
-            mib(m.rss_kib) / rss_target
-        )
-        .ok();
-        writeln!(
-            report,
-            "settled after:               {:>7.2} s    ({total} objects: every run ended, 3 s quiet)",
-            m.settled.as_secs_f64()
-        )
-        .ok();
-        writeln!(
-            report,
-            "steady state over 3 resyncs: {} status writes, {} side effects, {} webhook requests ({total} objects; target: 0, 0, 0)",
-            m.writes, m.side_effects, m.sink_requests
-        )
-        .ok();
+    say!("this build: {}", this.display());
+    if let Some(baseline) = &baseline {
+        say!("baseline:   {}", baseline.display());
     }
-    #[allow(clippy::print_stdout)]
+
+    // Idle, no objects; then 1,000 objects; the baseline first each time, so that this build
+    // gets no warmer a machine than the baseline.
+    let mut idle = Vec::new();
+    let mut thousand = Vec::new();
+    for (who, binary) in baseline
+        .iter()
+        .map(|b| ("baseline", b.as_path()))
+        .chain([("this build", this.as_path())])
     {
-        print!("{report}");
+        let rss = idle_rss(binary, &base.path().join(format!("idle-{who}"))).await;
+        say!(
+            "{who}, idle RSS with no objects: {:>7.1} MiB  (target < 30 MiB: {:.2}x of target)",
+            mib(rss),
+            mib(rss) / 30.0
+        );
+        idle.push(rss);
+        let m = scenario(
+            base.path(),
+            &format!("scale-1-{who}"),
+            1,
+            binary,
+            &docker,
+            &app.name,
+        )
+        .await;
+        describe(who, &m, 60.0);
+        thousand.push(m);
     }
+    if let ([base_idle, this_idle], [b, t]) = (idle.as_slice(), thousand.as_slice()) {
+        let ratio = |this: f64, baseline: f64| this / baseline;
+        say!(
+            "this build / baseline, 1,000 objects (same run, same workload): observed {:.2}x, RSS {:.2}x, settled {:.2}x; idle RSS {:.2}x",
+            ratio(t.observed.as_secs_f64(), b.observed.as_secs_f64()),
+            ratio(t.rss_kib as f64, b.rss_kib as f64),
+            ratio(t.settled.as_secs_f64(), b.settled.as_secs_f64()),
+            ratio(*this_idle as f64, *base_idle as f64),
+        );
+    }
+
+    let m = scenario(base.path(), "scale-10", 10, &this, &docker, &app.name).await;
+    describe("this build", &m, 100.0);
+    docker
+        .cleanup()
+        .await
+        .expect("removing the bench's containers");
 }

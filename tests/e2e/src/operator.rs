@@ -48,8 +48,18 @@ impl Operator {
 
     /// [`Operator::start`] with extra environment variables (such as `KUBECONFIG`).
     pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_binary(&binary(), dir, args, env)
+    }
+
+    /// [`Operator::start_with_env`] with another build of the binary (a benchmark's baseline).
+    pub fn start_binary(
+        binary: &Path,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let mut command = Command::new(binary());
+        let mut command = Command::new(binary);
         command
             .args(args)
             .current_dir(dir)
