@@ -1,11 +1,19 @@
 use std::sync::Arc;
+use std::time::Duration;
 
+use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::json;
 
-use super::*;
-use crate::api::backup::BackupValidationRunStatus;
+use super::decide::new_run;
+use super::{BackupPolicies, run_name};
+use crate::api::alert::Severity;
+use crate::api::backup::{
+    BackupValidationPolicy, BackupValidationPolicyStatus, BackupValidationRun,
+    BackupValidationRunStatus, RunPhase,
+};
 use crate::reconcile::tests_support::{MemoryObjects, Recorder, context, fixed_now};
+use crate::reconcile::{Reconciler, Requeue};
 use crate::secrets::SecretMap;
 
 /// Objects in memory: the runs of the policy, its channels.
