@@ -1,4 +1,15 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::actor::Live;
+use super::apply::{Diff, diff, file_path, nginx_message};
+use super::recovery::APPLIED_MARKER;
 use super::*;
+use crate::audit::ObjectRef;
+use crate::docker::{Docker, DockerError, NewContainer};
 use crate::reconcile::tests_support::MemoryDocker;
 
 #[test]
@@ -20,6 +31,57 @@ fn nginx_messages_lose_timestamps_and_process_ids() {
     assert_eq!(
         nginx_message(output),
         "[emerg] invalid burst value \"burst=0\" in /etc/nginx/conf.d/infrapilot-p1.conf:13"
+    );
+}
+
+fn live(config: &str) -> Live {
+    Live {
+        config: config.to_owned(),
+        networks: Vec::new(),
+        files: Vec::new(),
+        object: None,
+    }
+}
+
+#[test]
+fn the_diff_writes_what_changed_and_leaves_what_is_served_already() {
+    let live = BTreeMap::from([
+        ("psame".to_owned(), live("server same")),
+        ("pchanged".to_owned(), live("server old")),
+    ]);
+    let mut same = wanted("psame", "server same");
+    same.networks = vec!["backend".to_owned()];
+    let changed = wanted("pchanged", "server new");
+    let new = wanted("pnew", "server new");
+    let batch = [&same, &changed, &new]
+        .into_iter()
+        .map(|w| (w.id.clone(), (Some(w.clone()), w.object.clone())))
+        .collect();
+    assert_eq!(
+        diff(&live, batch),
+        Diff {
+            unchanged: BTreeMap::from([("psame".to_owned(), same)]),
+            writes: BTreeMap::from([("pchanged".to_owned(), changed), ("pnew".to_owned(), new),]),
+            removals: BTreeMap::new(),
+        }
+    );
+}
+
+#[test]
+fn the_diff_removes_only_what_is_live() {
+    let live = BTreeMap::from([("plive".to_owned(), live("server live"))]);
+    let gone = wanted("plive", "").object;
+    let never = wanted("pnever", "").object;
+    let batch = BTreeMap::from([
+        ("plive".to_owned(), (None, gone.clone())),
+        ("pnever".to_owned(), (None, never)),
+    ]);
+    assert_eq!(
+        diff(&live, batch),
+        Diff {
+            removals: BTreeMap::from([("plive".to_owned(), gone)]),
+            ..Diff::default()
+        }
     );
 }
 

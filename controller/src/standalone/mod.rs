@@ -2,7 +2,9 @@
 //! API server's objects, and a state database keeps what the API server would (uid,
 //! generation, status, finalizer state, events).
 
+mod dispatch;
 pub mod objects;
+mod queue;
 pub mod runtime;
 pub mod scan;
 pub mod store;

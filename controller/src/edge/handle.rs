@@ -1,0 +1,105 @@
+//! The handle reconcilers hold: [`Edge`] turns each [`EdgeApi`] call into a request to the
+//! task that owns the edge (see `actor`) and waits for its answer. Separate from the actor so
+//! that what callers see (cheap to clone, no Docker, no state) stays apart from what the
+//! owner does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use super::actor::Owner;
+use super::{EdgeApi, EdgeError, EdgeOptions, Served, Wanted};
+use crate::audit::{Audit, ObjectRef};
+use crate::docker::Docker;
+
+/// Where the answer to a question about a Proxy's files goes.
+type FilesReply = oneshot::Sender<Result<Vec<(String, Vec<u8>)>, EdgeError>>;
+
+pub(super) enum Request {
+    Apply(Wanted, oneshot::Sender<Result<Served, EdgeError>>),
+    Remove(String, ObjectRef, oneshot::Sender<Result<(), EdgeError>>),
+    Challenge(String, String, oneshot::Sender<Result<(), EdgeError>>),
+    Files(String, FilesReply),
+    AcmeState(
+        String,
+        Option<Vec<u8>>,
+        oneshot::Sender<Result<Option<Vec<u8>>, EdgeError>>,
+    ),
+}
+
+/// The handle reconcilers hold; the edge task runs while one exists.
+#[derive(Clone, Debug)]
+pub struct Edge {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl Edge {
+    /// Starts the task that owns the edge. Nothing touches Docker before the first request.
+    pub fn start(docker: Arc<dyn Docker>, options: EdgeOptions, audit: Arc<dyn Audit>) -> Self {
+        let (requests, receiver) = mpsc::unbounded_channel();
+        let owner = Owner {
+            docker,
+            options,
+            audit,
+            container: None,
+            seeded: false,
+            live: BTreeMap::new(),
+            attached: BTreeSet::new(),
+        };
+        tokio::spawn(owner.run(receiver));
+        Self { requests }
+    }
+}
+
+#[async_trait]
+impl EdgeApi for Edge {
+    async fn apply(&self, wanted: Wanted) -> Result<Served, EdgeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Apply(wanted, reply))
+            .map_err(|_| EdgeError::Stopped)?;
+        answer.await.map_err(|_| EdgeError::Stopped)?
+    }
+
+    async fn remove(&self, id: &str, object: ObjectRef) -> Result<(), EdgeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Remove(id.to_owned(), object, reply))
+            .map_err(|_| EdgeError::Stopped)?;
+        answer.await.map_err(|_| EdgeError::Stopped)?
+    }
+
+    async fn publish_challenge(&self, token: &str, answer: &str) -> Result<(), EdgeError> {
+        let (reply, done) = oneshot::channel();
+        self.requests
+            .send(Request::Challenge(
+                token.to_owned(),
+                answer.to_owned(),
+                reply,
+            ))
+            .map_err(|_| EdgeError::Stopped)?;
+        done.await.map_err(|_| EdgeError::Stopped)?
+    }
+
+    async fn files(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>, EdgeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Files(id.to_owned(), reply))
+            .map_err(|_| EdgeError::Stopped)?;
+        answer.await.map_err(|_| EdgeError::Stopped)?
+    }
+
+    async fn acme_state(
+        &self,
+        name: &str,
+        write: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, EdgeError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::AcmeState(name.to_owned(), write, reply))
+            .map_err(|_| EdgeError::Stopped)?;
+        answer.await.map_err(|_| EdgeError::Stopped)?
+    }
+}

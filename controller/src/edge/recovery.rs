@@ -1,0 +1,214 @@
+//! Finding the edge again: making sure the container exists and runs, learning what an edge
+//! that survived an operator restart serves (so nothing identical is written or reloaded
+//! again), reloading once when it holds files nginx never loaded, and creating it with
+//! everything live when it is gone. Separate because it is the only part that trusts nothing
+//! it did not read back from Docker.
+
+use std::collections::BTreeMap;
+
+use tracing::{info, warn};
+
+use super::actor::{Live, Owner};
+use super::apply::{file_path, nginx_message, rejected_id};
+use super::{CONF_DIR, EdgeError, MANAGED_BY, MANAGED_BY_VALUE};
+use crate::audit::ObjectRef;
+use crate::docker::NewContainer;
+use crate::proxy::site;
+
+const COMPONENT: &str = "infrapilot.io/component";
+const EDGE_FILE: &str = "infrapilot-00-edge.conf";
+/// Written after every reload: the digest of the Proxy files nginx then loaded. An operator
+/// killed between writing files and reloading leaves files on disk that nginx never loaded;
+/// a digest that does not match tells the next operator to validate and reload once.
+pub(super) const APPLIED_MARKER: &str = "/etc/nginx/infrapilot/applied";
+
+/// The digest of what is live: every Proxy's configuration and files.
+fn digest(live: &BTreeMap<String, Live>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (id, site) in live {
+        hasher.update(id.as_bytes());
+        hasher.update(site.config.as_bytes());
+        let mut files = site.files.clone();
+        files.sort();
+        for (path, content) in files {
+            hasher.update(path.as_bytes());
+            hasher.update(&content);
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+impl Owner {
+    /// Makes sure the edge container exists and runs: finds it (learning what it serves when
+    /// it ran before this process), or creates it with everything that is live.
+    pub(super) async fn ensure_running(
+        &mut self,
+        trigger: Option<ObjectRef>,
+    ) -> Result<(), EdgeError> {
+        let name = self.options.name.clone();
+        match self.docker.container(&name).await? {
+            Some(found)
+                if found.labels.get(MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_VALUE) =>
+            {
+                Err(EdgeError::NameTaken(name))
+            }
+            Some(found) if found.running => {
+                if !self.seeded {
+                    self.seed(&found.id, &found.networks).await?;
+                }
+                self.container = Some(found.id);
+                Ok(())
+            }
+            found => {
+                if let Some(stale) = found {
+                    // Stopped or dead: start over from what should be served.
+                    self.docker.remove(&stale.id).await?;
+                }
+                self.create(trigger).await
+            }
+        }
+    }
+
+    /// Learns what an edge that survived a restart of the operator serves, so that nothing
+    /// identical is written or reloaded again.
+    async fn seed(
+        &mut self,
+        id: &str,
+        networks: &[crate::docker::Attachment],
+    ) -> Result<(), EdgeError> {
+        for (name, content) in self.docker.read_files(id, CONF_DIR).await? {
+            let Some(site) = name
+                .strip_prefix("infrapilot-")
+                .and_then(|n| n.strip_suffix(".conf"))
+                .filter(|n| n.starts_with('p'))
+            else {
+                continue;
+            };
+            self.live.entry(site.to_owned()).or_insert(Live {
+                config: String::from_utf8_lossy(&content).into_owned(),
+                networks: Vec::new(),
+                files: Vec::new(),
+                object: None,
+            });
+        }
+        for (name, content) in self.docker.read_files(id, site::TLS_DIR).await? {
+            let site = name.split('.').next().unwrap_or_default();
+            if let Some(live) = self.live.get_mut(site) {
+                live.files
+                    .push((format!("{}/{name}", site::TLS_DIR), content));
+            }
+        }
+        let marker = self
+            .docker
+            .read_files(id, APPLIED_MARKER.rsplit_once('/').map_or("/", |(d, _)| d))
+            .await?
+            .into_iter()
+            .find(|(name, _)| APPLIED_MARKER.ends_with(&format!("/{name}")))
+            .map(|(_, content)| String::from_utf8_lossy(&content).trim().to_owned());
+        if marker.as_deref() != Some(digest(&self.live).as_str()) {
+            warn!(edge = %self.options.name, "the edge holds files it never loaded (an operator stopped mid-change): validating and reloading once");
+            self.resync(id).await?;
+        }
+        self.attached = networks
+            .iter()
+            .map(|a| a.network.clone())
+            .filter(|n| n != "bridge")
+            .collect();
+        self.seeded = true;
+        info!(edge = %self.options.name, proxies = self.live.len(), "found the running edge");
+        Ok(())
+    }
+
+    /// Makes nginx load what is on disk: validates, takes out each Proxy file nginx rejects
+    /// (its Proxy writes it again when next reconciled), reloads, and records the digest.
+    async fn resync(&mut self, container: &str) -> Result<(), EdgeError> {
+        loop {
+            let test = self.docker.exec(container, &["nginx", "-t"]).await?;
+            if test.exit_code == 0 {
+                break;
+            }
+            let Some(id) = rejected_id(&test.output).filter(|id| self.live.contains_key(id)) else {
+                warn!(edge = %self.options.name, "the edge's configuration is invalid: {}", nginx_message(&test.output));
+                return Ok(());
+            };
+            let mut argv = vec!["rm".to_owned(), "-f".to_owned(), file_path(&id)];
+            if let Some(live) = self.live.remove(&id) {
+                argv.extend(live.files.into_iter().map(|(path, _)| path));
+            }
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            self.docker.exec(container, &argv).await?;
+        }
+        let result = self.docker.signal(container, "HUP").await;
+        let target = format!("edge {}", self.options.name);
+        self.audit(
+            None,
+            "nginx.reload",
+            &target,
+            &result.as_ref().map(|_| ()).map_err(ToString::to_string),
+        )
+        .await;
+        result?;
+        self.write_marker(container).await
+    }
+
+    pub(super) async fn write_marker(&self, container: &str) -> Result<(), EdgeError> {
+        let marker = (APPLIED_MARKER.to_owned(), digest(&self.live).into_bytes());
+        self.docker.put_files(container, &[marker]).await?;
+        Ok(())
+    }
+
+    async fn create(&mut self, trigger: Option<ObjectRef>) -> Result<(), EdgeError> {
+        let mut labels = self.options.labels.clone();
+        labels.insert(MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned());
+        labels.insert(COMPONENT.to_owned(), "edge".to_owned());
+        let mut files = vec![
+            (
+                format!("{CONF_DIR}/{EDGE_FILE}"),
+                site::edge_config().into_bytes(),
+            ),
+            // The image's own default server would answer for unknown hosts.
+            (
+                format!("{CONF_DIR}/default.conf"),
+                b"# Replaced by InfraPilot: unknown hosts get 404 from infrapilot-00-edge.conf.\n"
+                    .to_vec(),
+            ),
+            // Docker creates the parent directories of archived files.
+            (format!("{}/.keep", site::ACCESS_LOG_DIR), Vec::new()),
+        ];
+        for (id, live) in &self.live {
+            files.extend(live.files.iter().cloned());
+            files.push((file_path(id), live.config.clone().into_bytes()));
+        }
+        // Files written before nginx starts are what it loads.
+        files.push((APPLIED_MARKER.to_owned(), digest(&self.live).into_bytes()));
+        let container = NewContainer {
+            name: self.options.name.clone(),
+            image: self.options.image.clone(),
+            labels,
+            ports: vec![
+                (self.options.address.clone(), self.options.http_port, 80),
+                (self.options.address.clone(), self.options.https_port, 443),
+            ],
+            files,
+        };
+        let result = self.docker.create(&container).await;
+        let target = format!("container {}", self.options.name);
+        self.audit(
+            trigger.as_ref(),
+            "docker.container.create",
+            &target,
+            &result.as_ref().map(drop).map_err(ToString::to_string),
+        )
+        .await;
+        let id = result?;
+        info!(edge = %self.options.name, image = %self.options.image, "created the edge");
+        self.container = Some(id.clone());
+        self.seeded = true;
+        let networks: Vec<String> = self.attached.iter().cloned().collect();
+        for network in networks {
+            self.docker.connect(&network, &id).await?;
+        }
+        Ok(())
+    }
+}
