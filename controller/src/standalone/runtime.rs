@@ -8,9 +8,9 @@
 //! queue for later. At start every stored object is queued once: reconcilers are idempotent, so
 //! a restart repeats no finished side effect.
 //!
-//! This file is the top-level loop; the per-object work queue is in [`super::queue`], and
+//! This file is the top-level loop; the per-object work queue is in `standalone/queue.rs`, and
 //! running the reconcilers (the registered controllers, the workers they share, status and
-//! events in the store) in [`super::dispatch`].
+//! events in the store) in `standalone/dispatch.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -25,7 +25,7 @@ use tokio::sync::mpsc::unbounded_channel;
 
 use super::dispatch::{Controllers, StoreEvents, Workers};
 use super::objects::StoreObjects;
-use super::queue::Queue;
+use super::queue::{Priority, Queue};
 use super::scan::Scanner;
 use super::store::Store;
 use super::sync::Key;
@@ -141,7 +141,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
     };
 
     runtime.scan().await?;
-    runtime.queue_everything().await?;
+    runtime.queue_everything(Priority::Routine).await?;
     health.set(true, "the manifests have been read");
     info!(manifests = ?options.manifests, "standalone mode started");
 
@@ -155,7 +155,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         let recheck = runtime.scanner.recheck_at().map(Instant::from_std);
         tokio::select! {
             () = &mut shutdown => break,
-            Some(key) = keys_rx.recv() => runtime.queue.at(key, Instant::now()),
+            Some(key) = keys_rx.recv() => runtime.queue.at(key, Instant::now(), Priority::Change),
             Some(()) = changed_rx.recv() => {
                 // Editors write in several steps: let a burst settle, then scan once. Short, since
                 // it adds to every change's latency: a file caught half-written is read again on
@@ -176,7 +176,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
                 if let Err(error) = runtime.scan().await {
                     error!("scanning the manifests failed: {error:#}");
                 }
-                if let Err(error) = runtime.queue_everything().await {
+                if let Err(error) = runtime.queue_everything(Priority::Routine).await {
                     error!("resync failed: {error:#}");
                 }
             }
@@ -202,14 +202,16 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
                 };
                 runtime.running.remove(&key);
                 match result {
-                    Ok(Next::After(delay)) => runtime.queue.at(key, Instant::now() + delay),
+                    Ok(Next::After(delay)) => {
+                        runtime.queue.at(key, Instant::now() + delay, Priority::Change)
+                    }
                     Ok(Next::OnChange) => {}
                     Err(error) => {
                         // The state database failed around the reconcile: retried on its
                         // backoff, like any failure.
                         let delay = runtime.workers.state_backoff.next(&key.to_string(), Category::State);
                         error!(object = %key, retry_in = ?delay, "reconcile failed: {error:#}");
-                        runtime.queue.at(key, Instant::now() + delay);
+                        runtime.queue.at(key, Instant::now() + delay, Priority::Change);
                     }
                 }
             }
@@ -242,17 +244,19 @@ impl Runtime {
         let scan = self.scanner.scan().await?;
         if scan.secrets_changed {
             // A changed Secret may make a channel deliverable, or not: look at everything.
-            self.queue_everything().await?;
+            self.queue_everything(Priority::Change).await?;
         }
         for key in scan.changed {
-            self.queue.at(key, Instant::now());
+            self.queue.at(key, Instant::now(), Priority::Change);
         }
         Ok(())
     }
 
-    async fn queue_everything(&mut self) -> anyhow::Result<()> {
+    /// Queues every object: at the start and at each resync as routine work, behind whatever
+    /// changed.
+    async fn queue_everything(&mut self, priority: Priority) -> anyhow::Result<()> {
         for key in self.store.index().await?.into_keys() {
-            self.queue.at(key, Instant::now());
+            self.queue.at(key, Instant::now(), priority);
         }
         Ok(())
     }
