@@ -62,12 +62,29 @@ impl Database {
         {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        let sqlite = url.starts_with("sqlite:");
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(4)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // In WAL mode, NORMAL syncs at checkpoints rather than at every commit:
+                        // a commit cost 1.6 ms with FULL and 34 µs with NORMAL here, and a cold
+                        // start of 10,000 objects makes 20,000 commits. A crash of the operator
+                        // loses nothing; an OS crash or power cut may lose the last commits,
+                        // whole transactions only (the audit log's record and head go
+                        // together), and never corrupts the file. Statuses are recomputed.
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(connection)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await
             .with_context(|| format!("cannot open the state database {}", redact_url(url)))?;
-        if url.starts_with("sqlite:") {
+        if sqlite {
             // Readers (`infrapilot get`) must not block on, or be blocked by, the operator.
             use_wal(&pool).await?;
         }
