@@ -1,8 +1,10 @@
-//! The Proxy reconciler, a pipeline: validate the spec (grammar) → observe (the Secret, the
-//! upstream in Docker, the certificate the edge serves) → decide (pure: a [`decide::Plan`]) →
-//! apply (the edge, ACME issuance) → status (pure, from what was applied).
+//! The Proxy reconciler, a pipeline: validate the spec (grammar) → observe (the other Proxies'
+//! claims on its hosts, the Secret, the upstream in Docker, the certificate the edge serves) →
+//! decide (pure: a [`decide::Plan`]) → apply (the edge, ACME issuance) → status (pure, from
+//! what was applied).
 
 mod apply;
+mod claims;
 mod decide;
 mod observe;
 mod status;
@@ -20,6 +22,7 @@ use crate::edge::EdgeApi;
 use crate::proxy::acme;
 use crate::proxy::follow::Watches;
 use crate::proxy::site;
+use crate::runtime::objects::Objects;
 
 /// The controller name in audit records and field managers.
 pub const CONTROLLER: &str = "proxy";
@@ -31,6 +34,8 @@ const RECHECK: Duration = Duration::from_secs(30);
 
 /// The Proxy reconciler with its outside world.
 pub struct Proxies {
+    /// The other Proxies, whose claims on hostnames this one's must not collide with.
+    objects: Objects,
     docker: Arc<dyn Docker>,
     edge: Arc<dyn EdgeApi>,
     issuer: Arc<dyn acme::Issuer>,
@@ -51,11 +56,13 @@ impl std::fmt::Debug for Proxies {
 
 impl Proxies {
     pub fn new(
+        objects: Objects,
         docker: Arc<dyn Docker>,
         edge: Arc<dyn EdgeApi>,
         issuer: Arc<dyn acme::Issuer>,
     ) -> Self {
         Self {
+            objects,
             docker,
             edge,
             issuer,
@@ -84,7 +91,8 @@ impl Reconciler for Proxies {
 
     const CONTROLLER: &'static str = CONTROLLER;
     const FINALIZER: Option<&'static str> = Some(FINALIZER);
-    // TLS certificates from Secrets.
+    // TLS certificates from Secrets. (The other Proxies, listed in every namespace for their
+    // hosts, are of its own kind: every controller may list those.)
     const RBAC: &'static [crate::runtime::rbac::Rule] = &[crate::runtime::rbac::Rule::secrets()];
 
     fn status(object: &Proxy) -> Option<&ProxyStatus> {
