@@ -62,9 +62,9 @@ pub struct ProxySpec {
     /// case. A hostname belongs to one Proxy only, in every namespace: the one created first
     /// (ties go to the namespace, then the name, that sorts first); a Proxy being deleted holds
     /// none. A Proxy that names a hostname another one holds is not served at all (Ready=False,
-    /// reason HostConflict, naming the holder) and takes over once the holder is deleted or
-    /// drops the hostname, within 15 seconds. A wildcard and a name it covers are different
-    /// hostnames: requests go to the most specific.
+    /// reason HostConflict, naming the holder) and takes over when the holder is deleted or
+    /// drops the hostname (at once, or at the latest within 15 seconds). A wildcard and a name
+    /// it covers are different hostnames: requests go to the most specific.
     #[schemars(length(min = 1, max = 100), inner(regex(pattern = HOSTNAME_PATTERN), length(max = 253)))]
     pub hosts: Vec<String>,
 

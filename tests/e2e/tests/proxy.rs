@@ -893,9 +893,9 @@ async fn a_host_claimed_by_two_namespaces_is_served_by_the_older_proxy_until_it_
         assert!(body.contains(&first.name), "{body}");
     }
 
-    // The holder goes: the second takes over on its next recheck (15 s).
+    // The holder goes: its cleanup brings the second back, which takes over.
     std::fs::remove_file(s.operator.manifests().join("first.yaml")).unwrap();
-    ready_in(&s, "team-b", "site", "True", Duration::from_secs(60)).await;
+    ready_in(&s, "team-b", "site", "True", wait).await;
     s.wait_for(HOST, 200, &second.name).await;
     s.wait_for("other.example.test", 200, &other.name).await;
     s.operator.stop().await.unwrap();

@@ -75,8 +75,7 @@ pub(super) fn claims(proxy: &Proxy, hosts: &[Hostname], others: &[Proxy]) -> Vec
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Lost {
     pub host: String,
-    /// The holder, `namespace/name`.
-    pub holder: String,
+    pub holder: Rank,
 }
 
 /// The hosts of `proxy` (ranked `rank`) held by an earlier claim, each with its holder, in the
@@ -96,7 +95,7 @@ pub(super) fn lost(rank: &Rank, hosts: &[Hostname], claims: &[Claim]) -> Vec<Los
         if let Some(holder) = holder {
             lost.push(Lost {
                 host: host.as_str().to_owned(),
-                holder: holder.object(),
+                holder: holder.clone(),
             });
         }
     }

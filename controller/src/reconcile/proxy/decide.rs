@@ -161,11 +161,12 @@ pub(super) fn decide(
 }
 
 /// Not served while another Proxy holds one of its hosts; looked at again on the schedule of a
-/// setting a person must fix, since nothing tells a Proxy that the holder went.
+/// setting a person must fix, in case the trigger from the holder's reconcile or cleanup is
+/// lost (a restarted operator).
 fn conflict(proxy: &Proxy, valid: Valid, lost: &[Lost]) -> Plan {
     let held: Vec<String> = lost
         .iter()
-        .map(|l| format!("{} by Proxy {}", l.host, l.holder))
+        .map(|l| format!("{} by Proxy {}", l.host, l.holder.object()))
         .collect();
     let message = format!(
         "hosts claimed first by another Proxy: {}; this Proxy is not served until they are free",

@@ -11,7 +11,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use crate::api::proxy::{Proxy, ProxyStatus};
 use crate::docker::{Docker, NetworkFacts};
 use crate::edge::EdgeApi;
 use crate::proxy::acme;
-use crate::proxy::follow::Watches;
+use crate::proxy::follow::{ProxyKey, Watches};
 use crate::proxy::site;
 use crate::runtime::objects::Objects;
 
@@ -46,6 +46,11 @@ pub struct Proxies {
     pending_follow: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, String)>>>,
     /// Network facts by id: a network's driver and scope never change, so each is asked once.
     networks: Mutex<HashMap<String, NetworkFacts>>,
+    /// Where a Proxy is sent to be reconciled again, once the runtime took the triggers.
+    again: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ProxyKey>>>,
+    /// The Proxies not served because of a host each holder holds, by holder: reconciled
+    /// again after the holder's next reconcile or its cleanup, rather than at their recheck.
+    waiting: Mutex<HashMap<ProxyKey, BTreeSet<ProxyKey>>>,
 }
 
 impl std::fmt::Debug for Proxies {
@@ -69,6 +74,34 @@ impl Proxies {
             watches: Arc::default(),
             pending_follow: Mutex::default(),
             networks: Mutex::default(),
+            again: Mutex::default(),
+            waiting: Mutex::default(),
+        }
+    }
+
+    /// Records that `proxy` waits for the holders of the hosts it `lost`.
+    fn wait_for(&self, proxy: &Proxy, lost: &[claims::Lost]) {
+        let key = proxy_key(proxy);
+        if let Ok(mut waiting) = self.waiting.lock() {
+            for holder in lost {
+                let holder = (holder.holder.namespace.clone(), holder.holder.name.clone());
+                waiting.entry(holder).or_default().insert(key.clone());
+            }
+        }
+    }
+
+    /// Reconciles again the Proxies that wait for `holder`: it may have dropped or released
+    /// their host. A Proxy that still loses waits again.
+    fn release(&self, holder: &Proxy) {
+        let key = proxy_key(holder);
+        let released = match self.waiting.lock() {
+            Ok(mut waiting) => waiting.remove(&key).unwrap_or_default(),
+            Err(_) => return,
+        };
+        if let Some(again) = self.again.lock().ok().and_then(|a| a.clone()) {
+            for proxy in released {
+                let _ = again.send(proxy);
+            }
         }
     }
 }
@@ -108,16 +141,24 @@ impl Reconciler for Proxies {
         let plan = match decide::validate(proxy) {
             Ok(valid) => {
                 let observed = self.observe(proxy, &valid.settings, &valid.id, ctx).await;
+                if let Ok(found) = &observed.claims {
+                    let rank = claims::Rank::of(proxy);
+                    self.wait_for(proxy, &claims::lost(&rank, &valid.settings.hosts, found));
+                }
                 decide::decide(proxy, valid, observed, now)
             }
             Err(stop) => decide::Plan::Stop(stop),
         };
         let outcome = self.apply(proxy, plan, ctx, now).await;
+        self.release(proxy);
         status::status(proxy, outcome, now)
     }
 
     fn triggers(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>> {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        if let Ok(mut again) = self.again.lock() {
+            *again = Some(sender.clone());
+        }
         if let Ok(mut pending) = self.pending_follow.lock() {
             *pending = Some(sender);
         }
@@ -135,6 +176,17 @@ impl Reconciler for Proxies {
             .map_err(|error| Failure {
                 category: error.category(),
                 message: error.to_string(),
-            })
+            })?;
+        // Only now, with its site gone, may a Proxy waiting for one of its hosts be served; and
+        // a Proxy that goes waits for nobody.
+        self.release(proxy);
+        if let Ok(mut waiting) = self.waiting.lock() {
+            let key = proxy_key(proxy);
+            waiting.retain(|_, waiters| {
+                waiters.remove(&key);
+                !waiters.is_empty()
+            });
+        }
+        Ok(())
     }
 }

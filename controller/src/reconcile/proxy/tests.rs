@@ -821,3 +821,41 @@ async fn a_served_proxy_that_loses_its_host_is_withdrawn_and_takes_over_when_the
     assert_eq!(ready(&applied.status), ("True".into(), "Serving".into()));
     assert_eq!(w.edge.applied.lock().unwrap().last().unwrap().id, id);
 }
+
+#[tokio::test]
+async fn a_loser_is_reconciled_again_once_its_holder_is_reconciled_or_cleaned_up() {
+    let w = world();
+    let mut again = w.proxies.triggers().unwrap();
+    // Times the loser was sent back (the channel also carries Docker's followed Proxies).
+    let mut sent_back = move || {
+        let mut times = 0;
+        while let Ok(key) = again.try_recv() {
+            times += usize::from(key == ("team-b".to_owned(), "shop".to_owned()));
+        }
+        times
+    };
+    let holder = claimant("team-a", "shop", 10, &[HOST]);
+    let loser = claimant("team-b", "shop", 20, &[HOST]);
+    let bystander = claimant("team-c", "blog", 5, &["blog.example.com"]);
+    for p in [&holder, &loser, &bystander] {
+        w.objects.put(p);
+    }
+    let applied = w.reconcile(&loser).await;
+    assert_eq!(
+        ready(&applied.status),
+        ("False".into(), HOST_CONFLICT.into())
+    );
+    // Another Proxy's reconcile concerns no loser.
+    w.reconcile(&bystander).await;
+    assert_eq!(sent_back(), 0);
+    // The holder's reconcile (it may have dropped the host) brings the loser back, once.
+    w.reconcile(&holder).await;
+    assert_eq!(sent_back(), 1);
+    w.reconcile(&holder).await;
+    assert_eq!(sent_back(), 0);
+    // Still losing, it waits again; the holder's cleanup brings it back.
+    w.reconcile(&loser).await;
+    let ctx = context(&w.recorder, SecretMap::default());
+    w.proxies.cleanup(&holder, &ctx).await.unwrap();
+    assert_eq!(sent_back(), 1);
+}
