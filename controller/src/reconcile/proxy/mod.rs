@@ -51,6 +51,11 @@ pub struct Proxies {
     /// The Proxies not served because of a host each holder holds, by holder: reconciled
     /// again after the holder's next reconcile or its cleanup, rather than at their recheck.
     waiting: Mutex<HashMap<ProxyKey, BTreeSet<ProxyKey>>>,
+    /// Every Proxy's hostnames, read from `objects` now and then and kept by the reconciles.
+    hosts: tokio::sync::Mutex<claims::Index>,
+    /// Proxies sent to be reconciled again and not reconciled since: sent once, not at every
+    /// reconcile of the Proxy that sent them.
+    sent_back: Mutex<BTreeSet<ProxyKey>>,
 }
 
 impl std::fmt::Debug for Proxies {
@@ -76,6 +81,8 @@ impl Proxies {
             networks: Mutex::default(),
             again: Mutex::default(),
             waiting: Mutex::default(),
+            hosts: tokio::sync::Mutex::default(),
+            sent_back: Mutex::default(),
         }
     }
 
@@ -90,6 +97,38 @@ impl Proxies {
         }
     }
 
+    /// Reconciles again the later claimants of hosts this Proxy (ranked `rank`) holds: one of
+    /// them may be serving a host this Proxy only now names, and must leave the edge now rather
+    /// than at its next recheck.
+    fn displace(&self, rank: &claims::Rank, found: &[claims::Claim]) {
+        // One known to wait already is brought back by `release`.
+        let waiting: BTreeSet<ProxyKey> = match self.waiting.lock() {
+            Ok(waiting) => waiting.values().flatten().cloned().collect(),
+            Err(_) => return,
+        };
+        let later = found
+            .iter()
+            .filter(|c| !c.deleting && c.rank > *rank)
+            .map(|c| (c.rank.namespace.clone(), c.rank.name.clone()))
+            .filter(|key| !waiting.contains(key));
+        self.send_back(later);
+    }
+
+    /// Sends `proxies` to be reconciled again, those not sent already.
+    fn send_back(&self, proxies: impl IntoIterator<Item = ProxyKey>) {
+        let Some(again) = self.again.lock().ok().and_then(|a| a.clone()) else {
+            return;
+        };
+        let Ok(mut sent) = self.sent_back.lock() else {
+            return;
+        };
+        for proxy in proxies {
+            if sent.insert(proxy.clone()) {
+                let _ = again.send(proxy);
+            }
+        }
+    }
+
     /// Reconciles again the Proxies that wait for `holder`: it may have dropped or released
     /// their host. A Proxy that still loses waits again.
     fn release(&self, holder: &Proxy) {
@@ -98,11 +137,7 @@ impl Proxies {
             Ok(mut waiting) => waiting.remove(&key).unwrap_or_default(),
             Err(_) => return,
         };
-        if let Some(again) = self.again.lock().ok().and_then(|a| a.clone()) {
-            for proxy in released {
-                let _ = again.send(proxy);
-            }
-        }
+        self.send_back(released);
     }
 }
 
@@ -138,16 +173,25 @@ impl Reconciler for Proxies {
 
     async fn reconcile(&self, proxy: &Proxy, ctx: &Context) -> Applied<ProxyStatus> {
         let now = (ctx.now)();
+        if let Ok(mut sent) = self.sent_back.lock() {
+            sent.remove(&proxy_key(proxy));
+        }
         let plan = match decide::validate(proxy) {
             Ok(valid) => {
                 let observed = self.observe(proxy, &valid.settings, &valid.id, ctx).await;
                 if let Ok(found) = &observed.claims {
                     let rank = claims::Rank::of(proxy);
                     self.wait_for(proxy, &claims::lost(&rank, &valid.settings.hosts, found));
+                    self.displace(&rank, found);
                 }
                 decide::decide(proxy, valid, observed, now)
             }
-            Err(stop) => decide::Plan::Stop(stop),
+            Err(stop) => {
+                // Its valid hosts are still its claims: a typo elsewhere in the spec must not
+                // hand them to another Proxy.
+                self.hosts.lock().await.note(proxy);
+                decide::Plan::Stop(stop)
+            }
         };
         let outcome = self.apply(proxy, plan, ctx, now).await;
         self.release(proxy);
@@ -179,6 +223,7 @@ impl Reconciler for Proxies {
             })?;
         // Only now, with its site gone, may a Proxy waiting for one of its hosts be served; and
         // a Proxy that goes waits for nobody.
+        self.hosts.lock().await.forget(&proxy_key(proxy));
         self.release(proxy);
         if let Ok(mut waiting) = self.waiting.lock() {
             let key = proxy_key(proxy);

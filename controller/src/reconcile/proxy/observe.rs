@@ -12,6 +12,7 @@ use crate::api::proxy::{Proxy, ProxySpec};
 use crate::docker::{ContainerFacts, DockerError, NetworkFacts};
 use crate::edge::EdgeError;
 use crate::proxy::certificate;
+use crate::proxy::grammar::Hostname;
 use crate::proxy::site::Settings;
 use crate::proxy::upstream::{self, Reachable, Refusal};
 use crate::reconcile::{Context, Failure};
@@ -54,6 +55,22 @@ impl Default for Observed {
 }
 
 impl Proxies {
+    /// The other Proxies' claims on `hosts`, from the index, which is read whole first when it
+    /// is stale; `proxy` is noted as it is now.
+    async fn claims(&self, proxy: &Proxy, hosts: &[Hostname]) -> Result<Vec<Claim>, Failure> {
+        let mut index = self.hosts.lock().await;
+        let now = std::time::Instant::now();
+        if index.stale(now) {
+            let all = self
+                .objects
+                .list_all::<Proxy>(&Selector::everything())
+                .await?;
+            index.replace(&all, now);
+        }
+        index.note(proxy);
+        Ok(index.claims(proxy, hosts))
+    }
+
     pub(super) async fn observe(
         &self,
         proxy: &Proxy,
@@ -62,11 +79,7 @@ impl Proxies {
         ctx: &Context,
     ) -> Observed {
         let mut observed = Observed::default();
-        let claims = self
-            .objects
-            .list_all::<Proxy>(&Selector::everything())
-            .await
-            .map(|others| claims::claims(proxy, &settings.hosts, &others));
+        let claims = self.claims(proxy, &settings.hosts).await;
         let free = claims
             .as_ref()
             .is_ok_and(|c| claims::lost(&Rank::of(proxy), &settings.hosts, c).is_empty());

@@ -453,6 +453,45 @@ fn after(mut p: Proxy, status: bool, reason: &str) -> Proxy {
 }
 
 #[test]
+fn the_host_index_follows_each_proxy_as_reconciled_and_a_relist_replaces_it() {
+    use super::claims::Index;
+    let holder = claimant("team-a", "shop", 10, &[HOST]);
+    let newcomer = claimant("team-b", "shop", 20, &[HOST]);
+    let hosts = validate(&newcomer).unwrap().settings.hosts;
+    let start = std::time::Instant::now();
+    let mut index = Index::default();
+    assert!(index.stale(start));
+    index.replace(std::slice::from_ref(&holder), start);
+    assert!(!index.stale(start + Index::RELIST / 2));
+    assert!(index.stale(start + Index::RELIST));
+    let held = index.claims(&newcomer, &hosts);
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].rank.object(), "team-a/shop");
+
+    // The holder moves to another host: its reconcile notes it, and the host is free.
+    let mut moved = holder.clone();
+    moved.spec.hosts = vec!["elsewhere.example.com".to_owned()];
+    index.note(&moved);
+    assert!(index.claims(&newcomer, &hosts).is_empty());
+    // Back, then deleting: still listed, as a claim that holds nothing; then gone.
+    index.note(&holder);
+    let mut deleting = holder.clone();
+    deleting.metadata.deletion_timestamp = Some(Time(fixed_now()));
+    index.note(&deleting);
+    assert!(index.claims(&newcomer, &hosts)[0].deleting);
+    index.forget(&("team-a".to_owned(), "shop".to_owned()));
+    assert!(index.claims(&newcomer, &hosts).is_empty());
+
+    // A change the index missed is found by the next read of every Proxy.
+    index.replace(&[holder.clone(), newcomer.clone()], start + Index::RELIST);
+    assert_eq!(index.claims(&newcomer, &hosts).len(), 1);
+    assert_eq!(
+        index.claims(&holder, &hosts)[0].rank.object(),
+        "team-b/shop"
+    );
+}
+
+#[test]
 fn of_two_proxies_claiming_one_host_the_older_is_served_and_the_newer_is_not() {
     let older = claimant("team-b", "shop", 10, &[HOST]);
     let newer = claimant("team-a", "shop", 20, &[HOST, "b.example.com"]);
@@ -771,10 +810,22 @@ async fn a_served_proxy_that_loses_its_host_is_withdrawn_and_takes_over_when_the
     assert_eq!(ready(&applied.status), ("True".into(), "Serving".into()));
     loser.status = Some(applied.status);
 
-    // An older Proxy names the host (it was edited to): the loser leaves the edge.
+    // An older Proxy names the host (it was edited to, so it is reconciled): it is served, and
+    // sends the loser to be reconciled again, which then leaves the edge.
     let holder = claimant("team-a", "shop", 10, &[HOST]);
     w.objects.put(&holder);
     w.objects.put(&loser);
+    let mut again = w
+        .proxies
+        .triggers()
+        .expect("the Proxy reconciler has triggers");
+    let served = w.reconcile(&holder).await;
+    assert_eq!(ready(&served.status), ("True".into(), "Serving".into()));
+    assert_eq!(
+        again.try_recv().ok(),
+        Some(("team-b".to_owned(), "shop".to_owned()))
+    );
+    w.edge.removed.lock().unwrap().clear();
     let reads = w.docker.state.lock().unwrap().reads;
     let applied = w.reconcile(&loser).await;
     assert_eq!(
@@ -808,7 +859,9 @@ async fn a_served_proxy_that_loses_its_host_is_withdrawn_and_takes_over_when_the
     assert_eq!(w.edge.removed.lock().unwrap().len(), 1);
     assert_eq!(w.edge.applied.lock().unwrap().len(), applies);
 
-    // The holder goes: the next recheck serves the loser.
+    // The holder goes (its cleanup runs, then it leaves the store): the loser is served.
+    let ctx = context(&w.recorder, SecretMap::default());
+    w.proxies.cleanup(&holder, &ctx).await.unwrap();
     crate::runtime::objects::ObjectStore::delete(
         w.objects.as_ref(),
         crate::api::Kind::Proxy,
