@@ -59,7 +59,12 @@ use super::common::{Conditions, DURATION_PATTERN, HOSTNAME_PATTERN, NAME_PATTERN
 #[serde(rename_all = "camelCase")]
 pub struct ProxySpec {
     /// Hostnames served by this Proxy: DNS names or wildcards such as `*.example.com`, lower
-    /// case. A hostname may belong to one Proxy only.
+    /// case. A hostname belongs to one Proxy only, in every namespace: the one created first
+    /// (ties go to the namespace, then the name, that sorts first); a Proxy being deleted holds
+    /// none. A Proxy that names a hostname another one holds is not served at all (Ready=False,
+    /// reason HostConflict, naming the holder) and takes over when the holder is deleted or
+    /// drops the hostname (at once, or at the latest within 15 seconds). A wildcard and a name
+    /// it covers are different hostnames: requests go to the most specific.
     #[schemars(length(min = 1, max = 100), inner(regex(pattern = HOSTNAME_PATTERN), length(max = 253)))]
     pub hosts: Vec<String>,
 

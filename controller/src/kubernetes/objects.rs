@@ -71,6 +71,27 @@ fn live(object: DynamicObject) -> Option<Value> {
     serde_json::to_value(object).ok()
 }
 
+/// The live objects `api` lists that `selector` selects.
+async fn select(api: Api<DynamicObject>, selector: &Selector) -> Result<Vec<Value>, Failure> {
+    let mut params = ListParams::default();
+    if !selector.labels.is_empty() {
+        let labels: Vec<String> = selector
+            .labels
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        params = params.labels(&labels.join(","));
+    }
+    let list = api.list(&params).await.map_err(failure)?;
+    // Selected again here: the owner is not a server-side filter.
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(live)
+        .filter(|object| selector.matches(object))
+        .collect())
+}
+
 #[async_trait::async_trait]
 impl ObjectStore for KubeObjects {
     async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Value>, Failure> {
@@ -88,27 +109,15 @@ impl ObjectStore for KubeObjects {
         namespace: &str,
         selector: &Selector,
     ) -> Result<Vec<Value>, Failure> {
-        let mut params = ListParams::default();
-        if !selector.labels.is_empty() {
-            let labels: Vec<String> = selector
-                .labels
-                .iter()
-                .map(|(key, value)| format!("{key}={value}"))
-                .collect();
-            params = params.labels(&labels.join(","));
-        }
-        let list = self
-            .api(kind, namespace)
-            .list(&params)
-            .await
-            .map_err(failure)?;
-        // Selected again here: the owner is not a server-side filter.
-        Ok(list
-            .items
-            .into_iter()
-            .filter_map(live)
-            .filter(|object| selector.matches(object))
-            .collect())
+        select(self.api(kind, namespace), selector).await
+    }
+
+    async fn list_all(&self, kind: Kind, selector: &Selector) -> Result<Vec<Value>, Failure> {
+        select(
+            Api::all_with(self.client.clone(), &resource(kind)),
+            selector,
+        )
+        .await
     }
 
     async fn create(&self, kind: Kind, object: Value) -> Result<(), Failure> {
@@ -209,6 +218,36 @@ mod tests {
             .delete::<BackupValidationRun>("shop", "nightly-1")
             .await
             .unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn objects_are_listed_in_every_namespace_without_those_being_deleted() {
+        let (client, server) = ApiServer::new();
+        let proxy = |namespace: &str, name: &str, deleting: bool| {
+            let mut metadata = json!({"name": name, "namespace": namespace});
+            if deleting {
+                metadata["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            }
+            json!({"apiVersion": "infrapilot.io/v1alpha1", "kind": "Proxy", "metadata": metadata,
+                   "spec": {"hosts": ["a.example.com"], "upstream": {"url": "http://10.0.0.5"}}})
+        };
+        let task = tokio::spawn(server.run(vec![Reply::new(
+            "GET",
+            "/apis/infrapilot.io/v1alpha1/proxies?",
+            200,
+            json!({"apiVersion": "infrapilot.io/v1alpha1", "kind": "ProxyList", "metadata": {},
+                   "items": [proxy("team-a", "shop", false), proxy("team-b", "shop", false),
+                             proxy("team-c", "gone", true)]}),
+        )]));
+        let objects = Objects(Arc::new(KubeObjects::new(client)));
+        let proxies: Vec<crate::api::proxy::Proxy> =
+            objects.list_all(&Selector::everything()).await.unwrap();
+        let found: Vec<_> = proxies
+            .iter()
+            .map(|p| p.metadata.namespace.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(found, ["team-a", "team-b"]);
         task.await.unwrap();
     }
 }

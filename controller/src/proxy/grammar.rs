@@ -31,7 +31,7 @@ fn invalid(field: &str, reason: impl Into<String>) -> Invalid {
 }
 
 /// A DNS name, optionally a `*.` wildcard, lower case.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Hostname(String);
 
 impl Hostname {

@@ -116,6 +116,24 @@ impl MemoryObjects {
     pub fn port(self: &Arc<Self>) -> Objects {
         Objects(self.clone())
     }
+
+    /// The objects of `kind` in `namespace` (every one when `None`) that `selector` selects.
+    fn select(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Vec<serde_json::Value> {
+        self.objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((k, ns, _), value)| {
+                *k == kind && namespace.is_none_or(|n| n == ns) && selector.matches(value)
+            })
+            .map(|(_, value)| value.clone())
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -136,14 +154,15 @@ impl ObjectStore for MemoryObjects {
         namespace: &str,
         selector: &Selector,
     ) -> Result<Vec<serde_json::Value>, Failure> {
-        Ok(self
-            .objects
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|((k, ns, _), value)| *k == kind && ns == namespace && selector.matches(value))
-            .map(|(_, value)| value.clone())
-            .collect())
+        Ok(self.select(kind, Some(namespace), selector))
+    }
+
+    async fn list_all(
+        &self,
+        kind: Kind,
+        selector: &Selector,
+    ) -> Result<Vec<serde_json::Value>, Failure> {
+        Ok(self.select(kind, None, selector))
     }
 
     async fn create(&self, kind: Kind, mut object: serde_json::Value) -> Result<(), Failure> {

@@ -58,6 +58,8 @@ pub trait ObjectStore: Send + Sync {
         namespace: &str,
         selector: &Selector,
     ) -> Result<Vec<Value>, Failure>;
+    /// The selected objects of `kind` in every namespace, except those being deleted.
+    async fn list_all(&self, kind: Kind, selector: &Selector) -> Result<Vec<Value>, Failure>;
     /// Creates an object (JSON with apiVersion, kind and metadata). One of that name that
     /// exists already is fine: a restarted operator may create the same object again, and the
     /// name makes it the same object.
@@ -109,6 +111,15 @@ impl Objects {
         selector: &Selector,
     ) -> Result<Vec<K>, Failure> {
         let values = self.0.list(K::kind_of(), namespace, selector).await?;
+        Ok(values
+            .into_iter()
+            .filter_map(|value| serde_json::from_value(value).ok())
+            .collect())
+    }
+
+    /// [`Objects::list`] across every namespace.
+    pub async fn list_all<K: Typed>(&self, selector: &Selector) -> Result<Vec<K>, Failure> {
+        let values = self.0.list_all(K::kind_of(), selector).await?;
         Ok(values
             .into_iter()
             .filter_map(|value| serde_json::from_value(value).ok())

@@ -24,7 +24,14 @@ pub trait Register {
 /// stored and shown, and left alone until theirs lands.
 pub fn register(into: &mut impl Register) {
     into.add(|_| AlertChannels);
-    into.add(|s| Proxies::new(s.docker.clone(), s.edge.clone(), s.issuer.clone()));
+    into.add(|s| {
+        Proxies::new(
+            s.objects.clone(),
+            s.docker.clone(),
+            s.edge.clone(),
+            s.issuer.clone(),
+        )
+    });
     into.add(|s| BackupPolicies::new(s.objects.clone(), s.reports.clone()));
     into.add(|s| {
         BackupRuns::new(

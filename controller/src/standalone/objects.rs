@@ -36,6 +36,28 @@ fn key(kind: Kind, namespace: &str, name: &str) -> Key {
     }
 }
 
+impl StoreObjects {
+    /// The live objects of `kind` in `namespace` (every one when `None`) `selector` selects.
+    async fn select(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Result<Vec<Value>, Failure> {
+        let stored = self
+            .store
+            .list(Some(kind.name()), namespace)
+            .await
+            .map_err(failure)?;
+        Ok(stored
+            .into_iter()
+            .filter(|o| !o.deleting)
+            .map(|o| o.full())
+            .filter(|o| selector.matches(o))
+            .collect())
+    }
+}
+
 #[async_trait]
 impl ObjectStore for StoreObjects {
     async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Option<Value>, Failure> {
@@ -53,17 +75,11 @@ impl ObjectStore for StoreObjects {
         namespace: &str,
         selector: &Selector,
     ) -> Result<Vec<Value>, Failure> {
-        let stored = self
-            .store
-            .list(Some(kind.name()), Some(namespace))
-            .await
-            .map_err(failure)?;
-        Ok(stored
-            .into_iter()
-            .filter(|o| !o.deleting)
-            .map(|o| o.full())
-            .filter(|o| selector.matches(o))
-            .collect())
+        self.select(kind, Some(namespace), selector).await
+    }
+
+    async fn list_all(&self, kind: Kind, selector: &Selector) -> Result<Vec<Value>, Failure> {
+        self.select(kind, None, selector).await
     }
 
     async fn create(&self, kind: Kind, object: Value) -> Result<(), Failure> {

@@ -816,3 +816,87 @@ async fn a_failed_issuance_is_reported_with_its_attempts() {
     s.wait_for("failing.example.test", 200, &app.name).await;
     s.operator.stop().await.unwrap();
 }
+
+/// A Proxy in `namespace`, as [`proxy`] writes one in `default`.
+fn proxy_in(namespace: &str, name: &str, host: &str, container: &str) -> String {
+    proxy(name, host, &by_name(container), "").replacen(
+        "metadata:\n",
+        &format!("metadata:\n  namespace: {namespace}\n"),
+        1,
+    )
+}
+
+/// Waits until the Proxy `namespace/name` has Ready=`status`, within `timeout`.
+async fn ready_in(
+    s: &Setup,
+    namespace: &str,
+    name: &str,
+    status: &str,
+    timeout: Duration,
+) -> serde_json::Value {
+    let dir = s.operator.dir();
+    infrapilot_e2e::wait::wait_for_condition(
+        &format!("proxy {namespace}/{name}"),
+        "Ready",
+        status,
+        timeout,
+        || async move {
+            let args = ["get", "proxy", name, "-n", namespace, "-o", "json"];
+            let output = infrapilot_e2e::operator::cli(dir, &args).await?;
+            anyhow::ensure!(
+                output.status.success(),
+                "infrapilot get failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            Ok(serde_json::from_slice(&output.stdout)?)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_host_claimed_by_two_namespaces_is_served_by_the_older_proxy_until_it_goes() {
+    const HOST: &str = "claimed.example.test";
+    let s = setup("proxy-claims").await;
+    let first = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    let second = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    let other = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    let wait = Duration::from_secs(30);
+
+    s.write("first.yaml", &proxy_in("team-a", "site", HOST, &first.name));
+    ready_in(&s, "team-a", "site", "True", wait).await;
+    s.wait_for(HOST, 200, &first.name).await;
+
+    // Another namespace names the same host; a third Proxy next to them another host.
+    s.write(
+        "second.yaml",
+        &proxy_in("team-b", "site", HOST, &second.name),
+    );
+    s.write(
+        "other.yaml",
+        &proxy_in("team-b", "other", "other.example.test", &other.name),
+    );
+    let refused = ready_in(&s, "team-b", "site", "False", wait).await;
+    let condition = infrapilot_e2e::wait::condition(&refused, "Ready").unwrap();
+    assert_eq!(condition["reason"], "HostConflict", "{refused}");
+    let message = condition["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("{HOST} by Proxy team-a/site")),
+        "{message}"
+    );
+    ready_in(&s, "team-b", "other", "True", wait).await;
+    s.wait_for("other.example.test", 200, &other.name).await;
+    // The holder keeps serving its own app: the second's block never reached nginx.
+    for _ in 0..5 {
+        let (status, body) = s.get(HOST).await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains(&first.name), "{body}");
+    }
+
+    // The holder goes: its cleanup brings the second back, which takes over.
+    std::fs::remove_file(s.operator.manifests().join("first.yaml")).unwrap();
+    ready_in(&s, "team-b", "site", "True", wait).await;
+    s.wait_for(HOST, 200, &second.name).await;
+    s.wait_for("other.example.test", 200, &other.name).await;
+    s.operator.stop().await.unwrap();
+}

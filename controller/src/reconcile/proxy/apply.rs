@@ -13,6 +13,8 @@ use crate::reconcile::{Context, object_ref};
 pub(super) enum Outcome {
     /// Nothing was served.
     Stopped(Stop),
+    /// Nothing is served any more: the Proxy's site was removed from the edge.
+    Withdrawn(Stop),
     Handed(Box<Handed>),
 }
 
@@ -35,6 +37,16 @@ impl Proxies {
     ) -> Outcome {
         let serve = match plan {
             Plan::Stop(stop) => return Outcome::Stopped(stop),
+            Plan::Withdraw { id, stop } => {
+                return match self.edge.remove(&id, object_ref(proxy)).await {
+                    Ok(()) => Outcome::Withdrawn(stop),
+                    Err(error) => Outcome::Stopped(Stop::unavailable(
+                        "EdgeUnavailable",
+                        format!("{}; its site could not be withdrawn: {error}", stop.message),
+                        error.category(),
+                    )),
+                };
+            }
             Plan::Serve(serve) => *serve,
         };
         let issue = serve.acme.as_ref().and_then(|a| a.issue.as_ref());

@@ -1,5 +1,6 @@
 //! The decisions, all pure: from the spec, the observed facts, the current status and the
-//! time, what to serve and whether a certificate must be issued first ([`decide`]); once the
+//! time, whether the Proxy holds its hosts, what to serve and whether a certificate must be
+//! issued first ([`decide`]); once the
 //! issuer answered, which certificate is served ([`certify`]); and the configuration handed
 //! to the edge ([`site`]). Unit tests drive every branch without Docker.
 
@@ -9,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
 
 use super::RECHECK;
+use super::claims::{self, Lost, Rank};
 use super::observe::{Files, Observed};
 use crate::api::proxy::{CertificateStatus, Proxy, UpstreamStatus};
 use crate::edge::Wanted;
@@ -64,8 +66,17 @@ impl Stop {
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Plan {
     Stop(Stop),
+    /// Not served, and the site `id` the edge may still serve from before is removed: a Proxy
+    /// that lost a host is never served, not even its other hosts.
+    Withdraw {
+        id: String,
+        stop: Stop,
+    },
     Serve(Box<Serve>),
 }
+
+/// The reason of a Proxy that lost a host to an earlier claim.
+pub(super) const HOST_CONFLICT: &str = "HostConflict";
 
 /// A Proxy to hand to the edge.
 #[derive(Clone, Debug, PartialEq)]
@@ -127,9 +138,55 @@ pub(super) fn decide(
     observed: Observed,
     now: jiff::Timestamp,
 ) -> Plan {
+    let lost = match &observed.claims {
+        Ok(found) => claims::lost(&Rank::of(proxy), &valid.settings.hosts, found),
+        Err(failure) => {
+            return Plan::Stop(Stop::unavailable(
+                "ProxiesUnavailable",
+                format!(
+                    "the other Proxies' hosts could not be read: {}",
+                    failure.message
+                ),
+                failure.category,
+            ));
+        }
+    };
+    if !lost.is_empty() {
+        return conflict(proxy, valid, &lost);
+    }
     match serve(proxy, valid, observed, now) {
         Ok(serve) => Plan::Serve(Box::new(serve)),
         Err(stop) => Plan::Stop(stop),
+    }
+}
+
+/// Not served while another Proxy holds one of its hosts; looked at again on the schedule of a
+/// setting a person must fix, in case the trigger from the holder's reconcile or cleanup is
+/// lost (a restarted operator).
+fn conflict(proxy: &Proxy, valid: Valid, lost: &[Lost]) -> Plan {
+    let held: Vec<String> = lost
+        .iter()
+        .map(|l| format!("{} by Proxy {}", l.host, l.holder.object()))
+        .collect();
+    let message = format!(
+        "hosts claimed first by another Proxy: {}; this Proxy is not served until they are free",
+        held.join(", ")
+    );
+    let stop = Stop::new(
+        HOST_CONFLICT,
+        message,
+        Category::Config,
+        Requeue::After(Category::Config.schedule().first),
+    );
+    // The edge may serve the Proxy from before it lost (served, or half-way through an
+    // issuance): only one already withdrawn, or never looked at, is left alone.
+    let ready = proxy
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.get(crate::status::READY));
+    match ready {
+        Some(ready) if ready.reason != HOST_CONFLICT => Plan::Withdraw { id: valid.id, stop },
+        _ => Plan::Stop(stop),
     }
 }
 

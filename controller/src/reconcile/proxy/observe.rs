@@ -1,18 +1,22 @@
-//! The reads: the Secret, the upstream in Docker, and the certificate the edge serves.
+//! The reads: the other Proxies' claims on this Proxy's hosts, the Secret, the upstream in
+//! Docker, and the certificate the edge serves.
 //!
-//! Reads stop at the first fact that already settles the outcome (a Secret that cannot be
-//! read or parsed, Docker not answering, an upstream that cannot be reached): a Proxy that
-//! cannot be served then causes no Docker traffic, is not followed, and never asks the edge,
-//! which would create the edge container.
+//! Reads stop at the first fact that already settles the outcome (a host another Proxy holds,
+//! a Secret that cannot be read or parsed, Docker not answering, an upstream that cannot be
+//! reached): a Proxy that cannot be served then causes no Docker traffic, is not followed, and
+//! never asks the edge, which would create the edge container.
 
 use super::Proxies;
+use super::claims::{self, Claim, Rank};
 use crate::api::proxy::{Proxy, ProxySpec};
 use crate::docker::{ContainerFacts, DockerError, NetworkFacts};
 use crate::edge::EdgeError;
 use crate::proxy::certificate;
+use crate::proxy::grammar::Hostname;
 use crate::proxy::site::Settings;
 use crate::proxy::upstream::{self, Reachable, Refusal};
-use crate::reconcile::Context;
+use crate::reconcile::{Context, Failure};
+use crate::runtime::objects::Selector;
 use crate::secrets::SecretError;
 
 /// Files as the edge holds them: absolute path and content.
@@ -24,8 +28,11 @@ pub(super) type Upstream = Result<Result<Vec<Reachable>, Refusal>, DockerError>;
 
 /// What a Proxy's reconcile found outside its object. `None`: not asked, because the spec
 /// does not need it or an earlier fact settled the outcome.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(super) struct Observed {
+    /// The other Proxies (every namespace) naming some of this Proxy's hosts. Always asked,
+    /// first.
+    pub claims: Result<Vec<Claim>, Failure>,
     /// `tls.crt` and `tls.key` of `tls.secretName`.
     pub secret: Option<Result<Pair, SecretError>>,
     /// The containers the spec names, each reachable, or why not. Never asked for a URL.
@@ -35,7 +42,35 @@ pub(super) struct Observed {
     pub served: Option<Result<Files, EdgeError>>,
 }
 
+impl Default for Observed {
+    /// Nothing observed yet, and no other Proxy naming a host of this one.
+    fn default() -> Self {
+        Self {
+            claims: Ok(Vec::new()),
+            secret: None,
+            upstream: None,
+            served: None,
+        }
+    }
+}
+
 impl Proxies {
+    /// The other Proxies' claims on `hosts`, from the index, which is read whole first when it
+    /// is stale; `proxy` is noted as it is now.
+    async fn claims(&self, proxy: &Proxy, hosts: &[Hostname]) -> Result<Vec<Claim>, Failure> {
+        let mut index = self.hosts.lock().await;
+        let now = std::time::Instant::now();
+        if index.stale(now) {
+            let all = self
+                .objects
+                .list_all::<Proxy>(&Selector::everything())
+                .await?;
+            index.replace(&all, now);
+        }
+        index.note(proxy);
+        Ok(index.claims(proxy, hosts))
+    }
+
     pub(super) async fn observe(
         &self,
         proxy: &Proxy,
@@ -44,6 +79,14 @@ impl Proxies {
         ctx: &Context,
     ) -> Observed {
         let mut observed = Observed::default();
+        let claims = self.claims(proxy, &settings.hosts).await;
+        let free = claims
+            .as_ref()
+            .is_ok_and(|c| claims::lost(&Rank::of(proxy), &settings.hosts, c).is_empty());
+        observed.claims = claims;
+        if !free {
+            return observed;
+        }
         let namespace = proxy.metadata.namespace.as_deref().unwrap_or("default");
         let tls = proxy.spec.tls.as_ref();
         if let Some(secret) = tls.and_then(|t| t.secret_name.as_ref()) {

@@ -27,6 +27,17 @@ pub(super) fn status(
         answer,
     } = match outcome {
         Outcome::Stopped(stop) => return not_ready(status, stop, generation, now),
+        Outcome::Withdrawn(stop) => {
+            // Nothing of it is served: no upstream, networks, configuration or grade.
+            let status = ProxyStatus {
+                upstream: None,
+                networks: Vec::new(),
+                config_hash: None,
+                tls_grade: None,
+                ..status
+            };
+            return not_ready(status, stop, generation, now);
+        }
         Outcome::Handed(handed) => *handed,
     };
     if let Some(record) = certified.record {

@@ -1,5 +1,5 @@
 //! The decide step without Docker (every ACME branch, TLS from a Secret, upstream missing,
-//! two Proxies on one host), then the whole pipeline against the fakes of `tests_support`.
+//! Proxies claiming one host), then the whole pipeline against the fakes of `tests_support`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use crate::edge::EdgeError;
 use crate::proxy::upstream::{Reachable, Refusal};
 use crate::proxy::{acme, certificate, site};
 use crate::reconcile::tests_support::{
-    MemoryDocker, MemoryEdge, MemoryIssuer, Recorder, context, fixed_now,
+    MemoryDocker, MemoryEdge, MemoryIssuer, MemoryObjects, Recorder, context, fixed_now,
 };
 use crate::reconcile::{Category, Reconciler, Requeue};
 use crate::secrets::{SecretError, SecretMap};
@@ -121,14 +121,15 @@ fn plan(proxy: &Proxy, observed: Observed) -> Plan {
 fn serving(plan: Plan) -> Serve {
     match plan {
         Plan::Serve(serve) => *serve,
-        Plan::Stop(stop) => panic!("stopped: {stop:?}"),
+        other => panic!("not served: {other:?}"),
     }
 }
 
+/// The stop of a plan that leaves the edge as it is.
 fn stopped(plan: Plan) -> Stop {
     match plan {
         Plan::Stop(stop) => stop,
-        Plan::Serve(serve) => panic!("served: {serve:?}"),
+        other => panic!("not stopped: {other:?}"),
     }
 }
 
@@ -413,25 +414,201 @@ fn an_edge_that_does_not_answer_stops_acme_before_any_issuance() {
     );
 }
 
-/// Nothing detects a host claimed twice today (the CRD documents "a hostname may belong to
-/// one Proxy only" without enforcing it): each Proxy is planned alone into its own file,
-/// and nginx keeps the first server block for the host, warning "conflicting server name".
-#[test]
-fn two_proxies_claiming_one_host_are_each_planned_into_their_own_file() {
-    let first = proxy("one", "0a1b", None);
-    let second = proxy("two", "0c2d", None);
+/// `name` in `namespace`, created `second`s after the epoch of [`fixed_now`], naming `hosts`.
+fn claimant(namespace: &str, name: &str, second: i64, hosts: &[&str]) -> Proxy {
+    let mut p = proxy(name, &format!("uid-{namespace}-{name}"), None);
+    p.metadata.namespace = Some(namespace.to_owned());
+    p.metadata.creation_timestamp = Some(Time(
+        jiff::Timestamp::from_second(1_700_000_000 + second).unwrap(),
+    ));
+    p.spec.hosts = hosts.iter().map(|h| (*h).to_owned()).collect();
+    p
+}
+
+/// The plan of `p` with `others` as the other Proxies the port lists.
+fn plan_among(p: &Proxy, others: &[Proxy]) -> Plan {
+    let valid = validate(p).unwrap();
     let observed = Observed {
+        claims: Ok(super::claims::claims(p, &valid.settings.hosts, others)),
         upstream: Some(reachable()),
         ..Default::default()
     };
-    let [one, two] = [&first, &second].map(|p| {
-        let serve = serving(plan(p, observed.clone()));
-        let certified = certify(&serve, None, fixed_now()).unwrap();
-        site(p, &serve, &certified).wanted
-    });
-    assert_ne!(one.id, two.id);
-    assert!(one.config.contains(&format!("server_name {HOST};")));
-    assert!(two.config.contains(&format!("server_name {HOST};")));
+    decide(p, valid, observed, fixed_now())
+}
+
+/// The status of a Proxy whose last reconcile ended with Ready `status` and `reason`.
+fn after(mut p: Proxy, status: bool, reason: &str) -> Proxy {
+    let mut last = ProxyStatus {
+        config_hash: Some("0123abcd".to_owned()),
+        ..Default::default()
+    };
+    crate::status::set(
+        &mut last.conditions,
+        crate::status::Observation::ready(status, reason, "before"),
+        Some(1),
+        fixed_now(),
+    );
+    p.status = Some(last);
+    p
+}
+
+#[test]
+fn the_host_index_follows_each_proxy_as_reconciled_and_a_relist_replaces_it() {
+    use super::claims::Index;
+    let holder = claimant("team-a", "shop", 10, &[HOST]);
+    let newcomer = claimant("team-b", "shop", 20, &[HOST]);
+    let hosts = validate(&newcomer).unwrap().settings.hosts;
+    let start = std::time::Instant::now();
+    let mut index = Index::default();
+    assert!(index.stale(start));
+    index.replace(std::slice::from_ref(&holder), start);
+    assert!(!index.stale(start + Index::RELIST / 2));
+    assert!(index.stale(start + Index::RELIST));
+    let held = index.claims(&newcomer, &hosts);
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].rank.object(), "team-a/shop");
+
+    // The holder moves to another host: its reconcile notes it, and the host is free.
+    let mut moved = holder.clone();
+    moved.spec.hosts = vec!["elsewhere.example.com".to_owned()];
+    index.note(&moved);
+    assert!(index.claims(&newcomer, &hosts).is_empty());
+    // Back, then deleting: still listed, as a claim that holds nothing; then gone.
+    index.note(&holder);
+    let mut deleting = holder.clone();
+    deleting.metadata.deletion_timestamp = Some(Time(fixed_now()));
+    index.note(&deleting);
+    assert!(index.claims(&newcomer, &hosts)[0].deleting);
+    index.forget(&("team-a".to_owned(), "shop".to_owned()));
+    assert!(index.claims(&newcomer, &hosts).is_empty());
+
+    // A change the index missed is found by the next read of every Proxy.
+    index.replace(&[holder.clone(), newcomer.clone()], start + Index::RELIST);
+    assert_eq!(index.claims(&newcomer, &hosts).len(), 1);
+    assert_eq!(
+        index.claims(&holder, &hosts)[0].rank.object(),
+        "team-b/shop"
+    );
+}
+
+#[test]
+fn of_two_proxies_claiming_one_host_the_older_is_served_and_the_newer_is_not() {
+    let older = claimant("team-b", "shop", 10, &[HOST]);
+    let newer = claimant("team-a", "shop", 20, &[HOST, "b.example.com"]);
+    serving(plan_among(&older, &[older.clone(), newer.clone()]));
+    let stop = stopped(plan_among(&newer, &[older.clone(), newer.clone()]));
+    assert_eq!(
+        (stop.reason, stop.category, stop.requeue),
+        (
+            HOST_CONFLICT,
+            Category::Config,
+            Requeue::After(Duration::from_secs(15))
+        )
+    );
+    assert!(
+        stop.message
+            .contains(&format!("{HOST} by Proxy team-b/shop")),
+        "{}",
+        stop.message
+    );
+    assert!(!stop.message.contains("b.example.com"), "{}", stop.message);
+}
+
+#[test]
+fn claims_created_at_the_same_time_are_ordered_by_namespace_then_name() {
+    let a_z = claimant("a", "z", 10, &[HOST]);
+    let b_a = claimant("b", "a", 10, &[HOST]);
+    let b_b = claimant("b", "b", 10, &[HOST]);
+    let all = [a_z.clone(), b_a.clone(), b_b.clone()];
+    serving(plan_among(&a_z, &all));
+    assert!(
+        stopped(plan_among(&b_a, &all))
+            .message
+            .contains("Proxy a/z")
+    );
+    // Without a.z, b/a comes before b/b.
+    serving(plan_among(&b_a, &[b_a.clone(), b_b.clone()]));
+    assert!(
+        stopped(plan_among(&b_b, &[b_a.clone(), b_b.clone()]))
+            .message
+            .contains("Proxy b/a")
+    );
+}
+
+#[test]
+fn a_proxy_being_deleted_holds_no_claim() {
+    let mut going = claimant("team-a", "old", 10, &[HOST]);
+    going.metadata.deletion_timestamp = Some(Time(fixed_now()));
+    let newer = claimant("team-b", "new", 20, &[HOST]);
+    serving(plan_among(&newer, &[going, newer.clone()]));
+}
+
+#[test]
+fn a_wildcard_and_an_exact_host_are_no_conflict_but_two_equal_wildcards_are() {
+    let wildcard = claimant("team-a", "all", 10, &["*.example.com"]);
+    let exact = claimant("team-b", "one", 20, &[HOST]);
+    let again = claimant("team-c", "all", 30, &["*.example.com"]);
+    let all = [wildcard.clone(), exact.clone(), again.clone()];
+    serving(plan_among(&exact, &all));
+    serving(plan_among(&wildcard, &all));
+    assert!(
+        stopped(plan_among(&again, &all))
+            .message
+            .contains("*.example.com by Proxy team-a/all")
+    );
+}
+
+#[test]
+fn a_loser_that_was_served_is_withdrawn_from_the_edge_once() {
+    let holder = claimant("team-a", "shop", 10, &[HOST]);
+    let loser = claimant("team-b", "shop", 20, &[HOST]);
+    let id = validate(&loser).unwrap().id;
+    let all = [holder.clone(), loser.clone()];
+    // Served before (or stopped with its site possibly in the edge): withdrawn.
+    for reason in ["Serving", "IssuanceFailed", "EdgeUnavailable"] {
+        let before = after(loser.clone(), reason == "Serving", reason);
+        match plan_among(&before, &all) {
+            Plan::Withdraw {
+                id: withdrawn,
+                stop,
+            } => {
+                assert_eq!(
+                    (withdrawn.as_str(), stop.reason),
+                    (id.as_str(), HOST_CONFLICT)
+                );
+            }
+            other => panic!("{reason}: not withdrawn: {other:?}"),
+        }
+    }
+    // Withdrawn already, or never reconciled: the edge is not asked.
+    let withdrawn = after(loser.clone(), false, HOST_CONFLICT);
+    assert_eq!(stopped(plan_among(&withdrawn, &all)).reason, HOST_CONFLICT);
+    assert_eq!(stopped(plan_among(&loser, &all)).reason, HOST_CONFLICT);
+    // The holder, served, is left as it is.
+    let served = after(holder.clone(), true, "Serving");
+    serving(plan_among(&served, &all));
+}
+
+#[test]
+fn other_proxies_that_cannot_be_listed_stop_the_proxy_until_they_can() {
+    let p = proxy("web", "0a1b", None);
+    let observed = Observed {
+        claims: Err(crate::reconcile::Failure {
+            category: Category::Kubernetes,
+            message: "the Kubernetes API: timed out".to_owned(),
+        }),
+        upstream: Some(reachable()),
+        ..Default::default()
+    };
+    let stop = stopped(plan(&p, observed));
+    assert_eq!(
+        (stop.reason, stop.category, stop.requeue),
+        (
+            "ProxiesUnavailable",
+            Category::Kubernetes,
+            Requeue::After(RECHECK)
+        )
+    );
 }
 
 #[test]
@@ -448,6 +625,8 @@ fn an_invalid_spec_stops_before_anything_is_observed() {
 // The whole pipeline against the fakes.
 
 struct World {
+    /// The Proxies the port lists.
+    objects: Arc<MemoryObjects>,
     docker: Arc<MemoryDocker>,
     edge: Arc<MemoryEdge>,
     issuer: Arc<MemoryIssuer>,
@@ -477,8 +656,10 @@ fn world() -> World {
     let docker = Arc::new(MemoryDocker::with(vec![web], vec![app]));
     let edge = Arc::new(MemoryEdge::default());
     let issuer = Arc::new(MemoryIssuer::default());
+    let objects = Arc::new(MemoryObjects::default());
     World {
-        proxies: Proxies::new(docker.clone(), edge.clone(), issuer.clone()),
+        proxies: Proxies::new(objects.port(), docker.clone(), edge.clone(), issuer.clone()),
+        objects,
         docker,
         edge,
         issuer,
@@ -618,4 +799,116 @@ async fn a_docker_that_does_not_answer_is_asked_again_soon() {
     );
     assert_eq!(applied.requeue, Requeue::After(RECHECK));
     assert!(w.edge.applied.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_served_proxy_that_loses_its_host_is_withdrawn_and_takes_over_when_the_holder_goes() {
+    let w = world();
+    let mut loser = claimant("team-b", "shop", 20, &[HOST]);
+    w.objects.put(&loser);
+    let applied = w.reconcile(&loser).await;
+    assert_eq!(ready(&applied.status), ("True".into(), "Serving".into()));
+    loser.status = Some(applied.status);
+
+    // An older Proxy names the host (it was edited to, so it is reconciled): it is served, and
+    // sends the loser to be reconciled again, which then leaves the edge.
+    let holder = claimant("team-a", "shop", 10, &[HOST]);
+    w.objects.put(&holder);
+    w.objects.put(&loser);
+    let mut again = w
+        .proxies
+        .triggers()
+        .expect("the Proxy reconciler has triggers");
+    let served = w.reconcile(&holder).await;
+    assert_eq!(ready(&served.status), ("True".into(), "Serving".into()));
+    assert_eq!(
+        again.try_recv().ok(),
+        Some(("team-b".to_owned(), "shop".to_owned()))
+    );
+    w.edge.removed.lock().unwrap().clear();
+    let reads = w.docker.state.lock().unwrap().reads;
+    let applied = w.reconcile(&loser).await;
+    assert_eq!(
+        ready(&applied.status),
+        ("False".into(), HOST_CONFLICT.into())
+    );
+    let id = validate(&loser).unwrap().id;
+    assert_eq!(*w.edge.removed.lock().unwrap(), std::slice::from_ref(&id));
+    assert_eq!(applied.status.config_hash, None);
+    assert_eq!(applied.status.upstream, None);
+    assert!(applied.status.networks.is_empty());
+    assert_eq!(applied.requeue, Requeue::After(Duration::from_secs(15)));
+    assert_eq!(applied.failure.map(|f| f.category), Some(Category::Config));
+    // Not served, it asks Docker nothing.
+    assert_eq!(w.docker.state.lock().unwrap().reads, reads);
+    let message = &applied
+        .status
+        .conditions
+        .get(crate::status::READY)
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("a.example.com by Proxy team-a/shop"),
+        "{message}"
+    );
+
+    // Rechecked while the holder stays: nothing more is asked of the edge.
+    loser.status = Some(applied.status);
+    let applies = w.edge.applied.lock().unwrap().len();
+    w.reconcile(&loser).await;
+    assert_eq!(w.edge.removed.lock().unwrap().len(), 1);
+    assert_eq!(w.edge.applied.lock().unwrap().len(), applies);
+
+    // The holder goes (its cleanup runs, then it leaves the store): the loser is served.
+    let ctx = context(&w.recorder, SecretMap::default());
+    w.proxies.cleanup(&holder, &ctx).await.unwrap();
+    crate::runtime::objects::ObjectStore::delete(
+        w.objects.as_ref(),
+        crate::api::Kind::Proxy,
+        "team-a",
+        "shop",
+    )
+    .await
+    .unwrap();
+    let applied = w.reconcile(&loser).await;
+    assert_eq!(ready(&applied.status), ("True".into(), "Serving".into()));
+    assert_eq!(w.edge.applied.lock().unwrap().last().unwrap().id, id);
+}
+
+#[tokio::test]
+async fn a_loser_is_reconciled_again_once_its_holder_is_reconciled_or_cleaned_up() {
+    let w = world();
+    let mut again = w.proxies.triggers().unwrap();
+    // Times the loser was sent back (the channel also carries Docker's followed Proxies).
+    let mut sent_back = move || {
+        let mut times = 0;
+        while let Ok(key) = again.try_recv() {
+            times += usize::from(key == ("team-b".to_owned(), "shop".to_owned()));
+        }
+        times
+    };
+    let holder = claimant("team-a", "shop", 10, &[HOST]);
+    let loser = claimant("team-b", "shop", 20, &[HOST]);
+    let bystander = claimant("team-c", "blog", 5, &["blog.example.com"]);
+    for p in [&holder, &loser, &bystander] {
+        w.objects.put(p);
+    }
+    let applied = w.reconcile(&loser).await;
+    assert_eq!(
+        ready(&applied.status),
+        ("False".into(), HOST_CONFLICT.into())
+    );
+    // Another Proxy's reconcile concerns no loser.
+    w.reconcile(&bystander).await;
+    assert_eq!(sent_back(), 0);
+    // The holder's reconcile (it may have dropped the host) brings the loser back, once.
+    w.reconcile(&holder).await;
+    assert_eq!(sent_back(), 1);
+    w.reconcile(&holder).await;
+    assert_eq!(sent_back(), 0);
+    // Still losing, it waits again; the holder's cleanup brings it back.
+    w.reconcile(&loser).await;
+    let ctx = context(&w.recorder, SecretMap::default());
+    w.proxies.cleanup(&holder, &ctx).await.unwrap();
+    assert_eq!(sent_back(), 1);
 }
