@@ -22,39 +22,86 @@ const SOCKET: &str = "/var/run/docker.sock";
 
 /// A TLS bridge to the socket that requires a client certificate: `PORT CERT KEY CA SOCKET`.
 /// Each direction is copied until its end; the engine's end closes the connection.
+// One thread per connection with a non-blocking TLS socket, not asyncio: asyncio's TLS transports
+// do not support half-close, so when the operator closed a command's standard input the bridge
+// dropped the whole connection, cutting off output the command had not yet written (now and
+// then a `pg_restore --list` with no output). Docker's own TLS listener keeps the other half.
 const TLS_BRIDGE: &str = r#"
-import asyncio, ssl, sys
-port, cert, key, ca, socket = sys.argv[1:]
+import select, socket, ssl, sys, threading
+port, cert, key, ca, path = sys.argv[1:]
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 context.load_cert_chain(cert, key)
 context.load_verify_locations(ca)
 context.verify_mode = ssl.CERT_REQUIRED
 
-async def copy(reader, writer, eof):
+def relay(client, docker):
+    client.setblocking(False)
+    reading = True    # the client may still send
+    outgoing = b""    # from Docker, not yet sent to the client
+    docker_open = True
+    while docker_open or outgoing:
+        wanted = [docker] if docker_open else []
+        if reading:
+            wanted.append(client)
+        ready, writable, _ = select.select(wanted, [client] if outgoing else [], [], 1)
+        while reading and (client in ready or client.pending()):
+            try:
+                data = client.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            if not data:
+                # The client is done sending: Docker sees the end of the input, and what it
+                # still writes goes back.
+                reading = False
+                docker.shutdown(socket.SHUT_WR)
+                break
+            docker.sendall(data)
+            ready = []
+        if docker_open and docker in ready:
+            data = docker.recv(65536)
+            if data:
+                outgoing += data
+            else:
+                docker_open = False
+        if outgoing and (client in writable or not docker_open):
+            try:
+                sent = client.send(outgoing)
+                outgoing = outgoing[sent:]
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+
+def handle(raw):
     try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        if eof:
-            writer.write_eof()
+        client = context.wrap_socket(raw, server_side=True)
+    except (ssl.SSLError, OSError):
+        raw.close()
+        return
+    print("accepting connection from", client.getpeername(), flush=True)
+    docker = socket.socket(socket.AF_UNIX)
+    try:
+        docker.connect(path)
+        relay(client, docker)
     except (ConnectionError, OSError):
         pass
+    finally:
+        # TLS ends with close_notify: a client that checks (rustls does) takes a bare close as a
+        # truncated stream.
+        try:
+            client.settimeout(2)
+            client.unwrap()
+        except (ssl.SSLError, OSError, ValueError):
+            pass
+        for s in (client, docker):
+            try:
+                s.close()
+            except OSError:
+                pass
 
-async def handle(client_reader, client_writer):
-    print("accepting connection from", client_writer.get_extra_info("peername"), flush=True)
-    reader, writer = await asyncio.open_unix_connection(socket)
-    upstream = asyncio.ensure_future(copy(client_reader, writer, True))
-    await copy(reader, client_writer, False)
-    upstream.cancel()
-    client_writer.close()
-    writer.close()
-
-async def main():
-    server = await asyncio.start_server(handle, "127.0.0.1", int(port), ssl=context)
-    print("listening on", port, flush=True)
-    await server.serve_forever()
-
-asyncio.run(main())
+listener = socket.create_server(("127.0.0.1", int(port)))
+print("listening on", port, flush=True)
+while True:
+    raw, _ = listener.accept()
+    threading.Thread(target=handle, args=(raw,), daemon=True).start()
 "#;
 
 /// A bridge from a loopback TCP port to the Docker socket, logging each connection.
