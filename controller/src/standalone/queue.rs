@@ -113,15 +113,8 @@ impl Queue {
 mod tests {
     use std::time::Duration;
 
+    use super::super::sync::channel_key as key;
     use super::*;
-
-    fn key(name: &str) -> Key {
-        Key {
-            kind: "AlertChannel".to_owned(),
-            namespace: "default".to_owned(),
-            name: name.to_owned(),
-        }
-    }
 
     fn of_kind(kind: &str, name: &str) -> Key {
         Key {

@@ -358,19 +358,22 @@ fn change_to(
     }
 }
 
+/// An AlertChannel's key in the default namespace, for tests.
+#[cfg(test)]
+pub(super) fn channel_key(name: &str) -> Key {
+    Key {
+        kind: "AlertChannel".to_owned(),
+        namespace: "default".to_owned(),
+        name: name.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
+    use super::channel_key as key;
     use super::*;
-
-    fn key(name: &str) -> Key {
-        Key {
-            kind: "AlertChannel".to_owned(),
-            namespace: "default".to_owned(),
-            name: name.to_owned(),
-        }
-    }
 
     fn doc(name: &str, spec: Value, labels: Value, file: &str) -> Scanned {
         Scanned {
