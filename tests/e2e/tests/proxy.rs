@@ -892,6 +892,26 @@ async fn a_host_claimed_by_two_namespaces_is_served_by_the_older_proxy_until_it_
         assert_eq!(status, 200);
         assert!(body.contains(&first.name), "{body}");
     }
+    // Refused, it is not tried again in a loop: each attempt logs the refusal (so a loop would
+    // show), and the next is its recheck, 15 s away (one more may come from the holder).
+    let attempts = || {
+        s.operator
+            .log()
+            .lines()
+            .filter(|l| {
+                l.contains("hosts claimed first by another Proxy") && l.contains("team-b/site")
+            })
+            .count()
+    };
+    let seen = attempts();
+    assert!(seen >= 1, "the refusal is logged:\n{}", s.operator.log());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        attempts() <= seen + 1,
+        "refused {} times in 3 s:\n{}",
+        attempts() - seen,
+        s.operator.log()
+    );
 
     // The holder goes: its cleanup brings the second back, which takes over.
     std::fs::remove_file(s.operator.manifests().join("first.yaml")).unwrap();
