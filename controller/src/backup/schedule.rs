@@ -19,7 +19,10 @@ impl Schedule {
 
     /// The first scheduled time strictly after `after`.
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
-        let after = to_chrono(after)?;
+        // Schedules name whole seconds, but croner carries the fraction of `after` into what it
+        // finds (03:30:00.467): a status would then change from one reconcile to the next.
+        // The whole second before `after` has the same next time, since none falls between.
+        let after = to_chrono(Timestamp::from_second(after.as_second()).ok()?)?;
         let next = self.0.find_next_occurrence(&after, false).ok()?;
         Timestamp::new(next.timestamp(), next.timestamp_subsec_nanos() as i32).ok()
     }
@@ -53,6 +56,24 @@ mod tests {
         assert_eq!(
             seconds.next_after(at("2026-11-22T10:00:01Z")),
             Some(at("2026-11-22T10:00:10Z"))
+        );
+    }
+
+    #[test]
+    fn next_times_are_whole_seconds_whatever_the_fraction_of_now() {
+        let nightly = Schedule::parse("30 3 * * *").unwrap();
+        assert_eq!(
+            nightly.next_after(at("2026-11-22T10:00:00.467036Z")),
+            Some(at("2026-11-23T03:30:00Z"))
+        );
+        let seconds = Schedule::parse("*/10 * * * * *").unwrap();
+        assert_eq!(
+            seconds.next_after(at("2026-11-22T10:00:09.5Z")),
+            Some(at("2026-11-22T10:00:10Z"))
+        );
+        assert_eq!(
+            seconds.next_after(at("2026-11-22T10:00:10.5Z")),
+            Some(at("2026-11-22T10:00:20Z"))
         );
     }
 
