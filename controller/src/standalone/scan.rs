@@ -223,11 +223,13 @@ impl Scanner {
 
         let stamp = Timestamp::now();
         let mut changed = Vec::with_capacity(plan.changes.len());
+        self.store
+            .apply_all(&plan.changes, stamp)
+            .await
+            .with_context(|| {
+                format!("storing {} changes from the manifests", plan.changes.len())
+            })?;
         for change in &plan.changes {
-            self.store
-                .apply(change, stamp)
-                .await
-                .with_context(|| format!("storing {change:?}"))?;
             let (key, what) = match change {
                 Change::Create { key, .. } => (key, "created"),
                 Change::Update { key, .. } => (key, "updated"),

@@ -50,6 +50,15 @@ impl StoredObject {
         full
     }
 
+    /// [`Self::full`], without a copy.
+    pub fn into_full(self) -> Value {
+        let mut full = self.object;
+        if let (Some(status), Some(map)) = (self.status, full.as_object_mut()) {
+            map.insert("status".to_owned(), status);
+        }
+        full
+    }
+
     pub fn object_ref(&self) -> ObjectRef {
         ObjectRef {
             kind: self.key.kind.clone(),
@@ -110,99 +119,87 @@ impl Store {
 
     /// Applies one planned change.
     pub async fn apply(&self, change: &Change, now: Timestamp) -> anyhow::Result<()> {
+        self.apply_all(std::slice::from_ref(change), now).await
+    }
+
+    /// Applies a scan's planned changes in one transaction: a cold start of thousands of
+    /// objects is one commit, not one per object, and its creates go in rows of
+    /// [`CREATE_ROWS`] per statement (each statement is a round trip to the database).
+    pub async fn apply_all(&self, changes: &[Change], now: Timestamp) -> anyhow::Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         let now = now.to_string();
-        match change {
-            Change::Create {
-                key,
-                uid,
-                object,
-                file,
-                line,
-            } => {
-                let object = stamp(object, uid, 1, &now);
-                sqlx::query(
-                    "INSERT INTO objects (kind, namespace, name, uid, generation, spec_hash, object_hash, object, status, file, line, deleting, created, updated)
-                     VALUES ($1, $2, $3, $4, 1, $5, $6, $7, NULL, $8, $9, 0, $10, $10)",
-                )
-                .bind(&key.kind)
-                .bind(&key.namespace)
-                .bind(&key.name)
-                .bind(uid)
-                .bind(spec_hash(change))
-                .bind(hash_of(change))
-                .bind(object.to_string())
-                .bind(file)
-                .bind(i64::try_from(*line).unwrap_or(0))
-                .bind(&now)
-                .execute(&self.pool)
-                .await?;
-            }
-            Change::Update {
-                key,
-                generation,
-                object,
-                file,
-                line,
-            }
-            | Change::Revive {
-                key,
-                generation,
-                object,
-                file,
-                line,
-            } => {
-                let current = self
-                    .get(key)
-                    .await?
-                    .with_context(|| format!("{key} vanished during an update"))?;
-                let created = current
-                    .object
-                    .pointer("/metadata/creationTimestamp")
-                    .and_then(Value::as_str)
-                    .unwrap_or(&now)
-                    .to_owned();
-                let object = stamp(object, &current.uid, *generation, &created);
-                sqlx::query(
-                    "UPDATE objects SET generation = $4, spec_hash = $5, object_hash = $6, object = $7, file = $8, line = $9, deleting = 0, updated = $10
-                     WHERE kind = $1 AND namespace = $2 AND name = $3",
-                )
-                .bind(&key.kind)
-                .bind(&key.namespace)
-                .bind(&key.name)
-                .bind(generation)
-                .bind(spec_hash(change))
-                .bind(hash_of(change))
-                .bind(object.to_string())
-                .bind(file)
-                .bind(i64::try_from(*line).unwrap_or(0))
-                .bind(&now)
-                .execute(&self.pool)
-                .await?;
-            }
-            Change::Delete { key } => {
-                sqlx::query("UPDATE objects SET deleting = 1, updated = $4 WHERE kind = $1 AND namespace = $2 AND name = $3")
+        let mut tx = self.pool.begin().await?;
+        let creates: Vec<&Change> = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Create { .. }))
+            .collect();
+        for rows in creates.chunks(CREATE_ROWS) {
+            insert_rows(&mut tx, rows, &now).await?;
+        }
+        for change in changes {
+            match change {
+                Change::Create { .. } => {}
+                Change::Update {
+                    key,
+                    generation,
+                    object,
+                    file,
+                    line,
+                }
+                | Change::Revive {
+                    key,
+                    generation,
+                    object,
+                    file,
+                    line,
+                } => {
+                    let current = get_on(&mut tx, key)
+                        .await?
+                        .with_context(|| format!("{key} vanished during an update"))?;
+                    let created = current
+                        .object
+                        .pointer("/metadata/creationTimestamp")
+                        .and_then(Value::as_str)
+                        .unwrap_or(&now)
+                        .to_owned();
+                    let object = stamp(object, &current.uid, *generation, &created);
+                    sqlx::query(
+                        "UPDATE objects SET generation = $4, spec_hash = $5, object_hash = $6, object = $7, file = $8, line = $9, deleting = 0, updated = $10
+                         WHERE kind = $1 AND namespace = $2 AND name = $3",
+                    )
                     .bind(&key.kind)
                     .bind(&key.namespace)
                     .bind(&key.name)
+                    .bind(generation)
+                    .bind(spec_hash(change))
+                    .bind(hash_of(change))
+                    .bind(object.to_string())
+                    .bind(file)
+                    .bind(i64::try_from(*line).unwrap_or(0))
                     .bind(&now)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                }
+                Change::Delete { key } => {
+                    sqlx::query("UPDATE objects SET deleting = 1, updated = $4 WHERE kind = $1 AND namespace = $2 AND name = $3")
+                        .bind(&key.kind)
+                        .bind(&key.namespace)
+                        .bind(&key.name)
+                        .bind(&now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
         }
+        tx.commit().await?;
         Ok(())
     }
 
     pub async fn get(&self, key: &Key) -> anyhow::Result<Option<StoredObject>> {
-        let row = sqlx::query(
-            "SELECT kind, namespace, name, uid, generation, object, status, deleting, file, line FROM objects
-             WHERE kind = $1 AND namespace = $2 AND name = $3",
-        )
-            .bind(&key.kind)
-            .bind(&key.namespace)
-            .bind(&key.name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| stored_object(&row)).transpose()
+        let mut connection = self.pool.acquire().await?;
+        get_on(&mut connection, key).await
     }
 
     /// Objects of `kind` (all kinds when `None`) in `namespace` (all when `None`), by name.
@@ -211,15 +208,47 @@ impl Store {
         kind: Option<&str>,
         namespace: Option<&str>,
     ) -> anyhow::Result<Vec<StoredObject>> {
-        let rows = sqlx::query(
-            "SELECT kind, namespace, name, uid, generation, object, status, deleting, file, line FROM objects
-             WHERE ($1 IS NULL OR kind = $1) AND ($2 IS NULL OR namespace = $2) ORDER BY kind, namespace, name",
-        )
-        .bind(kind)
-        .bind(namespace)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(stored_object).collect()
+        self.list_where(kind, namespace, |_| true).await
+    }
+
+    /// [`Self::list`], keeping only the objects whose manifest (without its status) `keep`
+    /// accepts; the status of the others is never read.
+    pub async fn list_where(
+        &self,
+        kind: Option<&str>,
+        namespace: Option<&str>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Vec<StoredObject>> {
+        // Only the conditions given, so that the primary key (kind, namespace, name) finds the
+        // rows: with `$1 IS NULL OR kind = $1` SQLite scanned the whole table for every list.
+        let mut sql = String::from(
+            "SELECT kind, namespace, name, uid, generation, object, status, deleting, file, line FROM objects",
+        );
+        let conditions: Vec<String> = [("kind", kind), ("namespace", namespace)]
+            .iter()
+            .filter(|(_, value)| value.is_some())
+            .enumerate()
+            .map(|(i, (column, _))| format!("{column} = ${}", i + 1))
+            .collect();
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(" ORDER BY kind, namespace, name");
+        // Column names are the constants above; the values are bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for value in [kind, namespace].into_iter().flatten() {
+            query = query.bind(value.to_owned());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut kept = Vec::new();
+        for row in &rows {
+            let object: Value = serde_json::from_str(&row.try_get::<String, _>(5)?)?;
+            if keep(&object) {
+                kept.push(stored_object_with(row, object)?);
+            }
+        }
+        Ok(kept)
     }
 
     /// Stores `status` for the object with `uid`, unless it is already stored: returns whether
@@ -370,8 +399,93 @@ impl Store {
     }
 }
 
+/// Creates per INSERT statement, 10 parameters each. Few enough that SQLite's driver, which
+/// looks each parameter up by name among the statement's (quadratic in their number), spends
+/// less on binding than the statements saved; and far within both SQLite's (32,766) and
+/// PostgreSQL's (65,535) limits on one statement's parameters.
+const CREATE_ROWS: usize = 20;
+
+/// Inserts the objects of `rows` (all creates) in one statement.
+async fn insert_rows(
+    connection: &mut sqlx::AnyConnection,
+    rows: &[&Change],
+    now: &str,
+) -> anyhow::Result<()> {
+    let mut sql = String::from(
+        "INSERT INTO objects (kind, namespace, name, uid, generation, spec_hash, object_hash, object, status, file, line, deleting, created, updated) VALUES ",
+    );
+    for i in 0..rows.len() {
+        let p = i * 10;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, 1, ${}, ${}, ${}, NULL, ${}, ${}, 0, ${}, ${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+            p + 8,
+            p + 9,
+            p + 10,
+            p + 10
+        ));
+    }
+    // The statement holds placeholders only; every value is bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for change in rows {
+        let Change::Create {
+            key,
+            uid,
+            object,
+            file,
+            line,
+        } = change
+        else {
+            continue;
+        };
+        query = query
+            .bind(key.kind.clone())
+            .bind(key.namespace.clone())
+            .bind(key.name.clone())
+            .bind(uid.clone())
+            .bind(spec_hash(change))
+            .bind(hash_of(change))
+            .bind(stamp(object, uid, 1, now).to_string())
+            .bind(file.clone())
+            .bind(i64::try_from(*line).unwrap_or(0))
+            .bind(now.to_owned());
+    }
+    query.execute(&mut *connection).await?;
+    Ok(())
+}
+
+async fn get_on(
+    connection: &mut sqlx::AnyConnection,
+    key: &Key,
+) -> anyhow::Result<Option<StoredObject>> {
+    let row = sqlx::query(
+        "SELECT kind, namespace, name, uid, generation, object, status, deleting, file, line FROM objects
+         WHERE kind = $1 AND namespace = $2 AND name = $3",
+    )
+    .bind(&key.kind)
+    .bind(&key.namespace)
+    .bind(&key.name)
+    .fetch_optional(&mut *connection)
+    .await?;
+    row.map(|row| stored_object(&row)).transpose()
+}
+
 /// Reads a row of the object queries in `get` and `list` (same columns, same order).
 fn stored_object(row: &sqlx::any::AnyRow) -> anyhow::Result<StoredObject> {
+    stored_object_with(row, serde_json::from_str(&row.try_get::<String, _>(5)?)?)
+}
+
+/// [`stored_object`], with the row's object already read.
+fn stored_object_with(row: &sqlx::any::AnyRow, object: Value) -> anyhow::Result<StoredObject> {
     let status: Option<String> = row.try_get(6)?;
     Ok(StoredObject {
         key: Key {
@@ -381,7 +495,7 @@ fn stored_object(row: &sqlx::any::AnyRow) -> anyhow::Result<StoredObject> {
         },
         uid: row.try_get(3)?,
         generation: row.try_get(4)?,
-        object: serde_json::from_str(&row.try_get::<String, _>(5)?)?,
+        object,
         status: status.map(|s| serde_json::from_str(&s)).transpose()?,
         deleting: row.try_get::<i64, _>(7)? != 0,
         file: row.try_get(8)?,

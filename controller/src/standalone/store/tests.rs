@@ -17,7 +17,7 @@ fn scanned(name: &str, spec: Value) -> Scanned {
         key: key(name),
         file: "a.yaml".to_owned(),
         line: 1,
-        object: json!({"apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertChannel", "metadata": {"name": name, "namespace": "default"}, "spec": spec}),
+        object: json!({"apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertChannel", "metadata": {"name": name, "namespace": "default"}, "spec": spec}).into(),
     }
 }
 
@@ -132,8 +132,9 @@ async fn dependents_are_the_objects_whose_owner_references_name_the_uid() {
     let mut docs = vec![scanned("owner", json!({}))];
     for (name, owner) in [("mine", "uid-1"), ("theirs", "uid-9")] {
         let mut doc = scanned(name, json!({}));
-        doc.object = owned(owner);
-        doc.object["metadata"]["name"] = json!(name);
+        let mut object = owned(owner);
+        object["metadata"]["name"] = json!(name);
+        doc.object = object.into();
         docs.push(doc);
     }
     sync(&store, &docs).await;
@@ -193,5 +194,70 @@ async fn problems_are_replaced_and_events_listed_oldest_first() {
             .map(|e| e.event.reason.as_str())
             .collect::<Vec<_>>(),
         ["First", "Second"]
+    );
+}
+
+#[tokio::test]
+async fn a_scan_of_many_changes_is_stored_at_once_in_rows_and_listed_by_kind_and_namespace() {
+    let (_dir, store) = store().await;
+    let now = Timestamp::from_second(1_800_000_000).unwrap();
+    // More creates than one statement holds, and one that is not a whole statement.
+    let count = CREATE_ROWS * 2 + 3;
+    let docs: Vec<Scanned> = (0..count)
+        .map(|i| scanned(&format!("ch-{i:03}"), json!({"n": i})))
+        .collect();
+    let index = store.index().await.unwrap();
+    let mut n = 0;
+    let created = plan(
+        &index,
+        &docs,
+        &Unread::default(),
+        &mut Missing::default(),
+        std::time::Instant::now(),
+        || {
+            n += 1;
+            format!("uid-{n}")
+        },
+    );
+    store.apply_all(&created.changes, now).await.unwrap();
+    let listed = store
+        .list(Some("AlertChannel"), Some("default"))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), count);
+    for (i, object) in listed.iter().enumerate() {
+        assert_eq!(object.key.name, format!("ch-{i:03}"));
+        assert_eq!(object.object["spec"]["n"], i);
+        assert_eq!(
+            object.object["metadata"]["uid"].as_str(),
+            Some(object.uid.as_str())
+        );
+    }
+    assert!(store.list(Some("Proxy"), None).await.unwrap().is_empty());
+    assert!(store.list(None, Some("other")).await.unwrap().is_empty());
+    assert_eq!(store.list(None, None).await.unwrap().len(), count);
+
+    // Creates, updates and deletions together.
+    let mut next = docs[1..].to_vec();
+    next[0] = scanned("ch-001", json!({"n": "changed"}));
+    next.push(scanned("new", json!({})));
+    let mut missing = Missing::default();
+    let start = std::time::Instant::now();
+    for at in [start, start + DELETE_AFTER] {
+        let index = store.index().await.unwrap();
+        let changes = plan(&index, &next, &Unread::default(), &mut missing, at, || {
+            "uid-new".to_owned()
+        });
+        store.apply_all(&changes.changes, now).await.unwrap();
+    }
+    let changed = store.get(&key("ch-001")).await.unwrap().unwrap();
+    assert_eq!(
+        (changed.generation, &changed.object["spec"]["n"]),
+        (2, &json!("changed"))
+    );
+    assert!(store.get(&key("ch-000")).await.unwrap().unwrap().deleting);
+    assert_eq!(
+        store.get(&key("new")).await.unwrap().unwrap().uid,
+        "uid-new"
     );
 }
