@@ -49,8 +49,12 @@ impl fmt::Display for Problem {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     /// An object of ours, checked against its CRD. Its `status` (if the file had one) is
-    /// dropped: status belongs to the operator.
-    Custom { kind: Kind, object: Value },
+    /// dropped: status belongs to the operator. Shared: the scan's cache of unchanged files,
+    /// the scan and the store's write hold the same object rather than a copy each.
+    Custom {
+        kind: Kind,
+        object: std::sync::Arc<Value>,
+    },
     /// A `v1` Secret, which our objects reference.
     Secret(Box<Secret>),
 }
@@ -244,7 +248,10 @@ fn check_document(file: &str, root: &Spanned<Node>) -> Outcome {
             {
                 problems.push(doc.problem(&[], false, error));
             }
-            Object::Custom { kind, object }
+            Object::Custom {
+                kind,
+                object: std::sync::Arc::new(object),
+            }
         }
         None => match read_secret(&object) {
             Ok(secret) => Object::Secret(Box::new(secret)),

@@ -23,6 +23,10 @@ pub struct Selector {
     pub labels: BTreeMap<String, String>,
     /// Objects one of whose ownerReferences names this uid.
     pub owner: Option<String>,
+    /// Objects whose field at each of these dotted paths (`spec.policyRef.name`) is this
+    /// string. Matched by the operator in both runtimes: a CRD's `selectableFields` would let
+    /// the API server do it, but only from Kubernetes 1.31 on.
+    pub fields: BTreeMap<String, String>,
 }
 
 impl Selector {
@@ -42,7 +46,13 @@ impl Selector {
                 .as_array()
                 .is_some_and(|owners| owners.iter().any(|o| o["uid"].as_str() == Some(uid)))
         });
-        labels_match && owner_matches
+        let fields_match = self.fields.iter().all(|(path, value)| {
+            path.split('.')
+                .try_fold(object, |at, segment| at.get(segment))
+                .and_then(Value::as_str)
+                == Some(value.as_str())
+        });
+        labels_match && owner_matches && fields_match
     }
 }
 
@@ -175,5 +185,20 @@ mod tests {
         selector.owner = None;
         selector.labels.insert("c".into(), "3".into());
         assert!(!selector.matches(&object));
+    }
+
+    #[test]
+    fn a_selector_matches_a_field_by_its_dotted_path_and_string_value() {
+        let run = json!({"metadata": {}, "spec": {"policyRef": {"name": "nightly"}, "n": 1}});
+        let field = |path: &str, value: &str| Selector {
+            fields: [(path.to_owned(), value.to_owned())].into(),
+            ..Selector::everything()
+        };
+        assert!(field("spec.policyRef.name", "nightly").matches(&run));
+        assert!(!field("spec.policyRef.name", "weekly").matches(&run));
+        assert!(!field("spec.policyRef", "nightly").matches(&run));
+        assert!(!field("spec.missing.name", "nightly").matches(&run));
+        // Strings only: a number is not its decimal text.
+        assert!(!field("spec.n", "1").matches(&run));
     }
 }

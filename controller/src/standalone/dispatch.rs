@@ -95,11 +95,21 @@ impl Workers {
         Ok(())
     }
 
+    /// Whether objects of `key`'s kind have others that relate to them: only then does a
+    /// change to one need a copy for [`Self::changed`].
+    fn is_related(&self, key: &Key) -> bool {
+        Kind::from_name(&key.kind)
+            .is_some_and(|from| self.relations.iter().any(|(_, r)| r.from == from))
+    }
+
     /// Queues the objects that relate to `object`, which changed.
     fn changed(&self, object: &StoredObject) {
         let Some(from) = Kind::from_name(&object.key.kind) else {
             return;
         };
+        if !self.is_related(&object.key) {
+            return;
+        }
         let full = object.full();
         for (kind, relation) in self.relations.iter().filter(|(_, r)| r.from == from) {
             for (namespace, name) in (relation.map)(&full) {
@@ -210,7 +220,7 @@ impl<R: Reconciler> StatusWriter<R> for StoreStatus<'_> {
             .write_status(&self.object.key, &self.object.uid, &value)
             .await
             .map_err(failure)?;
-        if written {
+        if written && self.workers.is_related(&self.object.key) {
             let mut changed = self.object.clone();
             changed.status = Some(value);
             self.workers.changed(&changed);

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::store::Store;
+use super::store::{Store, StoredObject};
 use super::sync::{Change, Key, OPERATOR_MADE};
 use crate::api::Kind;
 use crate::reconcile::Failure;
@@ -44,16 +44,19 @@ impl StoreObjects {
         namespace: Option<&str>,
         selector: &Selector,
     ) -> Result<Vec<Value>, Failure> {
+        // Selected before the status is read: selectors look at metadata and spec, and a
+        // policy lists its runs among every run in the namespace at each reconcile.
         let stored = self
             .store
-            .list(Some(kind.name()), namespace)
+            .list_where(Some(kind.name()), namespace, |object| {
+                selector.matches(object)
+            })
             .await
             .map_err(failure)?;
         Ok(stored
             .into_iter()
             .filter(|o| !o.deleting)
-            .map(|o| o.full())
-            .filter(|o| selector.matches(o))
+            .map(StoredObject::into_full)
             .collect())
     }
 }
@@ -97,7 +100,7 @@ impl ObjectStore for StoreObjects {
         let change = Change::Create {
             key: key.clone(),
             uid: uuid::Uuid::new_v4().to_string(),
-            object,
+            object: object.into(),
             file: OPERATOR_MADE.to_owned(),
             line: 0,
         };

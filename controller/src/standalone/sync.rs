@@ -17,6 +17,7 @@
 //!   are never deleted for being absent from the manifests; they go with their owner.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -62,7 +63,7 @@ pub struct Scanned {
     pub file: String,
     pub line: u64,
     /// The manifest as JSON, status removed.
-    pub object: Value,
+    pub object: Arc<Value>,
 }
 
 /// A change to make to the store.
@@ -71,7 +72,7 @@ pub enum Change {
     Create {
         key: Key,
         uid: String,
-        object: Value,
+        object: Arc<Value>,
         file: String,
         line: u64,
     },
@@ -79,7 +80,7 @@ pub enum Change {
     Update {
         key: Key,
         generation: i64,
-        object: Value,
+        object: Arc<Value>,
         file: String,
         line: u64,
     },
@@ -89,7 +90,7 @@ pub enum Change {
     Revive {
         key: Key,
         generation: i64,
-        object: Value,
+        object: Arc<Value>,
         file: String,
         line: u64,
     },
@@ -380,7 +381,7 @@ mod tests {
             key: key(name),
             file: file.to_owned(),
             line: 1,
-            object: json!({"kind": "AlertChannel", "metadata": {"name": name, "labels": labels}, "spec": spec}),
+            object: json!({"kind": "AlertChannel", "metadata": {"name": name, "labels": labels}, "spec": spec}).into(),
         }
     }
 

@@ -31,11 +31,11 @@ async fn runs_of(
     namespace: &str,
     policy: &str,
 ) -> Result<Vec<BackupValidationRun>, Failure> {
-    let runs: Vec<BackupValidationRun> = objects.list(namespace, &Selector::everything()).await?;
-    Ok(runs
-        .into_iter()
-        .filter(|run| run.spec.policy_ref.name == policy)
-        .collect())
+    let selector = Selector {
+        fields: [("spec.policyRef.name".to_owned(), policy.to_owned())].into(),
+        ..Selector::everything()
+    };
+    objects.list(namespace, &selector).await
 }
 
 /// A run concerns the policy its `policyRef` names: the policy reconciles when one of its runs
