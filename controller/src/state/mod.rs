@@ -64,7 +64,12 @@ impl Database {
         }
         let sqlite = url.starts_with("sqlite:");
         let pool = sqlx::any::AnyPoolOptions::new()
-            .max_connections(4)
+            // SQLite lets one connection write at a time, and another that tries waits in its
+            // busy handler, which sleeps in steps of milliseconds: with 64 reconciles writing
+            // status at once, four connections spent their time asleep. One connection queues
+            // them without sleeping, and the write-ahead log keeps other processes' reads
+            // (`infrapilot get`) apart.
+            .max_connections(if sqlite { 1 } else { 4 })
             .after_connect(move |connection, _| {
                 Box::pin(async move {
                     if sqlite {
