@@ -106,38 +106,31 @@ impl Parsed {
         let threads = std::thread::available_parallelism()
             .map_or(1, std::num::NonZeroUsize::get)
             .min(to_check.len().div_ceil(8).max(1));
-        let checked: Vec<(usize, Vec<Outcome>)> = if threads <= 1 {
-            to_check
-                .iter()
-                .map(|&i| (i, read_str(&files[i].0, &files[i].1)))
+        let checked: Vec<(usize, Vec<Outcome>)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (files, to_check) = (&files, &to_check);
+                    scope.spawn(move || {
+                        to_check
+                            .iter()
+                            .skip(t)
+                            .step_by(threads)
+                            .map(|&i| (i, read_str(&files[i].0, &files[i].1)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                // A panic checking a file must not read as a file with no objects: it stops
+                // the whole read, which keeps everything read before.
+                .flat_map(|worker| {
+                    worker
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
                 .collect()
-        } else {
-            std::thread::scope(|scope| {
-                let workers: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let (files, to_check) = (&files, &to_check);
-                        scope.spawn(move || {
-                            to_check
-                                .iter()
-                                .skip(t)
-                                .step_by(threads)
-                                .map(|&i| (i, read_str(&files[i].0, &files[i].1)))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    // A panic checking a file must not read as a file with no objects: it
-                    // stops the whole read, which keeps everything read before.
-                    .flat_map(|worker| {
-                        worker
-                            .join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                    })
-                    .collect()
-            })
-        };
+        });
         for (i, outcomes) in checked {
             done[i] = Some(outcomes);
         }
