@@ -5,6 +5,7 @@
 //! CRD schema, its CEL rules). A problem names the file, line, column, field and reason. One
 //! bad document never hides the others: each document gets its own outcome.
 
+pub mod body;
 pub mod node;
 pub mod read;
 pub mod schema;
@@ -49,12 +50,9 @@ impl fmt::Display for Problem {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     /// An object of ours, checked against its CRD. Its `status` (if the file had one) is
-    /// dropped: status belongs to the operator. Shared: the scan's cache of unchanged files,
-    /// the scan and the store's write hold the same object rather than a copy each.
-    Custom {
-        kind: Kind,
-        object: std::sync::Arc<Value>,
-    },
+    /// dropped: status belongs to the operator. Kept as text ([`body::Body`]): the scan keeps
+    /// the objects of every unchanged file.
+    Custom { kind: Kind, object: body::Body },
     /// A `v1` Secret, which our objects reference.
     Secret(Box<Secret>),
 }
@@ -250,7 +248,7 @@ fn check_document(file: &str, root: &Spanned<Node>) -> Outcome {
             }
             Object::Custom {
                 kind,
-                object: std::sync::Arc::new(object),
+                object: body::Body::new(&object),
             }
         }
         None => match read_secret(&object) {

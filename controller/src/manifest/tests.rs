@@ -38,7 +38,7 @@ fn a_valid_proxy_is_read_into_the_default_namespace() {
         panic!()
     };
     assert_eq!(kind, Kind::Proxy);
-    assert_eq!(object["metadata"]["namespace"], "default");
+    assert_eq!(object.value()["metadata"]["namespace"], "default");
 }
 
 #[test]

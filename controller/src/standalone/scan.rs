@@ -321,7 +321,7 @@ impl Scanner {
                     .is_some_and(|old| old.generation != *generation)
                 && let Some(old) = self.store.get(key).await?
                 && let Some(violation) =
-                    manifest::schema::check(kind, object, Some(&old.object)).first()
+                    manifest::schema::check(kind, &object.value(), Some(&old.object)).first()
             {
                 problems.push(Problem {
                     file: file.clone(),

@@ -10,9 +10,10 @@ use jiff::Timestamp;
 use serde_json::Value;
 use sqlx::{AnyPool, Row};
 
-use super::sync::{Change, Key, Stored, hash};
+use super::sync::{Change, Key, Stored};
 use crate::audit::ObjectRef;
 use crate::manifest::Problem;
+use crate::manifest::body::Body;
 use crate::reconcile::{Event, EventType};
 use crate::state::{Schema, Step};
 
@@ -80,6 +81,8 @@ pub struct StoredEvent {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Single-object reads and status writes, gathered into few statements ([`batch`]).
+    batch: tokio::sync::mpsc::UnboundedSender<batch::Request>,
 }
 
 impl Store {
@@ -87,7 +90,8 @@ impl Store {
     /// created or brought up to date first.
     pub async fn open(pool: AnyPool) -> anyhow::Result<Store> {
         SCHEMA.migrate(&pool).await?;
-        Ok(Store { pool })
+        let batch = batch::start(pool.clone());
+        Ok(Store { pool, batch })
     }
 
     /// What the sync planner needs to know of every object.
@@ -164,7 +168,7 @@ impl Store {
                         .and_then(Value::as_str)
                         .unwrap_or(&now)
                         .to_owned();
-                    let object = stamp(object, &current.uid, *generation, &created);
+                    let stamped = stamp(object, &current.uid, *generation, &created);
                     sqlx::query(
                         "UPDATE objects SET generation = $4, spec_hash = $5, object_hash = $6, object = $7, file = $8, line = $9, deleting = 0, updated = $10
                          WHERE kind = $1 AND namespace = $2 AND name = $3",
@@ -173,9 +177,9 @@ impl Store {
                     .bind(&key.namespace)
                     .bind(&key.name)
                     .bind(generation)
-                    .bind(spec_hash(change))
-                    .bind(hash_of(change))
-                    .bind(object.to_string())
+                    .bind(object.spec_hash())
+                    .bind(object.object_hash())
+                    .bind(stamped.to_string())
                     .bind(file)
                     .bind(i64::try_from(*line).unwrap_or(0))
                     .bind(&now)
@@ -198,8 +202,18 @@ impl Store {
     }
 
     pub async fn get(&self, key: &Key) -> anyhow::Result<Option<StoredObject>> {
-        let mut connection = self.pool.acquire().await?;
-        get_on(&mut connection, key).await
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.ask(batch::Request::Get {
+            key: key.clone(),
+            done,
+        })?;
+        answer_of(answer).await
+    }
+
+    fn ask(&self, request: batch::Request) -> anyhow::Result<()> {
+        self.batch
+            .send(request)
+            .map_err(|_| anyhow::anyhow!("the state database's batch task has stopped"))
     }
 
     /// Objects of `kind` (all kinds when `None`) in `namespace` (all when `None`), by name.
@@ -254,19 +268,14 @@ impl Store {
     /// Stores `status` for the object with `uid`, unless it is already stored: returns whether
     /// anything was written.
     pub async fn write_status(&self, key: &Key, uid: &str, status: &Value) -> anyhow::Result<bool> {
-        let text = status.to_string();
-        let result = sqlx::query(
-            "UPDATE objects SET status = $5 WHERE kind = $1 AND namespace = $2 AND name = $3 AND uid = $4
-             AND (status IS NULL OR status <> $5)",
-        )
-        .bind(&key.kind)
-        .bind(&key.namespace)
-        .bind(&key.name)
-        .bind(uid)
-        .bind(&text)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() > 0)
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.ask(batch::Request::Status {
+            key: key.clone(),
+            uid: uid.to_owned(),
+            text: status.to_string(),
+            done,
+        })?;
+        answer_of(answer).await
     }
 
     /// Forgets an object whose deletion finished.
@@ -399,6 +408,16 @@ impl Store {
     }
 }
 
+/// What the batch task answered.
+async fn answer_of<T>(
+    answer: tokio::sync::oneshot::Receiver<Result<T, String>>,
+) -> anyhow::Result<T> {
+    answer
+        .await
+        .map_err(|_| anyhow::anyhow!("the state database's batch task has stopped"))?
+        .map_err(anyhow::Error::msg)
+}
+
 /// Creates per INSERT statement, 10 parameters each. Few enough that SQLite's driver, which
 /// looks each parameter up by name among the statement's (quadratic in their number), spends
 /// less on binding than the statements saved; and far within both SQLite's (32,766) and
@@ -452,8 +471,8 @@ async fn insert_rows(
             .bind(key.namespace.clone())
             .bind(key.name.clone())
             .bind(uid.clone())
-            .bind(spec_hash(change))
-            .bind(hash_of(change))
+            .bind(object.spec_hash())
+            .bind(object.object_hash())
             .bind(stamp(object, uid, 1, now).to_string())
             .bind(file.clone())
             .bind(i64::try_from(*line).unwrap_or(0))
@@ -504,8 +523,8 @@ fn stored_object_with(row: &sqlx::any::AnyRow, object: Value) -> anyhow::Result<
 }
 
 /// The manifest with the metadata the API server would add.
-fn stamp(object: &Value, uid: &str, generation: i64, created: &str) -> Value {
-    let mut object = object.clone();
+fn stamp(object: &Body, uid: &str, generation: i64, created: &str) -> Value {
+    let mut object = object.value();
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         metadata.insert("uid".to_owned(), uid.into());
         metadata.insert("generation".to_owned(), generation.into());
@@ -514,22 +533,6 @@ fn stamp(object: &Value, uid: &str, generation: i64, created: &str) -> Value {
     object
 }
 
-fn change_object(change: &Change) -> &Value {
-    match change {
-        Change::Create { object, .. }
-        | Change::Update { object, .. }
-        | Change::Revive { object, .. } => object,
-        Change::Delete { .. } => &Value::Null,
-    }
-}
-
-fn spec_hash(change: &Change) -> String {
-    hash(change_object(change).get("spec").unwrap_or(&Value::Null))
-}
-
-fn hash_of(change: &Change) -> String {
-    hash(change_object(change))
-}
-
+mod batch;
 #[cfg(test)]
 mod tests;

@@ -17,13 +17,10 @@
 //!   are never deleted for being absent from the manifests; they go with their owner.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use sha2::{Digest, Sha256};
-
 use crate::manifest::Problem;
+use crate::manifest::body::Body;
 
 /// Identifies an object: kind, namespace (empty for cluster-scoped kinds), name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -62,8 +59,8 @@ pub struct Scanned {
     pub key: Key,
     pub file: String,
     pub line: u64,
-    /// The manifest as JSON, status removed.
-    pub object: Arc<Value>,
+    /// The manifest, status removed.
+    pub object: Body,
 }
 
 /// A change to make to the store.
@@ -72,7 +69,7 @@ pub enum Change {
     Create {
         key: Key,
         uid: String,
-        object: Arc<Value>,
+        object: Body,
         file: String,
         line: u64,
     },
@@ -80,7 +77,7 @@ pub enum Change {
     Update {
         key: Key,
         generation: i64,
-        object: Arc<Value>,
+        object: Body,
         file: String,
         line: u64,
     },
@@ -90,7 +87,7 @@ pub enum Change {
     Revive {
         key: Key,
         generation: i64,
-        object: Arc<Value>,
+        object: Body,
         file: String,
         line: u64,
     },
@@ -260,11 +257,6 @@ pub fn judge(
 /// The `file` of objects the operator made itself rather than read from a manifest.
 pub const OPERATOR_MADE: &str = "";
 
-/// Hash of a JSON value (keys are ordered by serde_json's map, so equal values hash equal).
-pub fn hash(value: &Value) -> String {
-    hex::encode(Sha256::digest(value.to_string().as_bytes()))
-}
-
 /// Plans the changes from `stored` records to the `scanned` documents, at `now`. `unread` are
 /// the places the scan could not read completely; `missing` carries what earlier scans missed.
 /// `new_uid` makes uids.
@@ -316,8 +308,8 @@ fn change_to(
     doc: &Scanned,
     new_uid: &mut impl FnMut() -> String,
 ) -> Option<Change> {
-    let spec_hash = hash(doc.object.get("spec").unwrap_or(&Value::Null));
-    let object_hash = hash(&doc.object);
+    let spec_hash = doc.object.spec_hash();
+    let object_hash = doc.object.object_hash();
     let (key, object, file, line) = (
         doc.key.clone(),
         doc.object.clone(),
@@ -371,7 +363,7 @@ pub(super) fn channel_key(name: &str) -> Key {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::channel_key as key;
     use super::*;
@@ -381,7 +373,9 @@ mod tests {
             key: key(name),
             file: file.to_owned(),
             line: 1,
-            object: json!({"kind": "AlertChannel", "metadata": {"name": name, "labels": labels}, "spec": spec}).into(),
+            object: Body::new(
+                &json!({"kind": "AlertChannel", "metadata": {"name": name, "labels": labels}, "spec": spec}),
+            ),
         }
     }
 
@@ -423,12 +417,12 @@ mod tests {
         after
     }
 
-    fn record(uid: &str, generation: i64, object: &Value, file: &str) -> Stored {
+    fn record(uid: &str, generation: i64, object: &Body, file: &str) -> Stored {
         Stored {
             uid: uid.to_owned(),
             generation,
-            spec_hash: hash(&object["spec"]),
-            object_hash: hash(object),
+            spec_hash: object.spec_hash(),
+            object_hash: object.object_hash(),
             file: file.to_owned(),
             deleting: false,
         }

@@ -74,11 +74,12 @@ impl Database {
                 Box::pin(async move {
                     if sqlite {
                         // In WAL mode, NORMAL syncs at checkpoints rather than at every commit:
-                        // a commit cost 1.6 ms with FULL and 34 µs with NORMAL here, and a cold
-                        // start of 10,000 objects makes 20,000 commits. A crash of the operator
-                        // loses nothing; an OS crash or power cut may lose the last commits,
-                        // whole transactions only (the audit log's record and head go
-                        // together), and never corrupts the file. Statuses are recomputed.
+                        // a commit cost 1.6 ms with FULL and 34 µs with NORMAL here, and every
+                        // audit record, batch of status writes and changing scan is a commit.
+                        // A crash of the operator loses nothing; an OS crash or power cut may
+                        // lose the last commits, whole transactions only (the audit log's record
+                        // and head go together), and never corrupts the file. Statuses are
+                        // recomputed.
                         sqlx::query("PRAGMA synchronous = NORMAL")
                             .execute(connection)
                             .await?;

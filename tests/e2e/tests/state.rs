@@ -225,3 +225,89 @@ async fn the_first_migrations_make_exactly_the_release_schema_on_postgresql() {
     assert!(expected.len() > 40, "{expected:?}");
     assert_eq!(shape(&new).await.unwrap(), expected);
 }
+
+/// The store's batched statements (one SELECT or UPDATE ... FROM (VALUES ...) RETURNING for
+/// many objects) are portable: on the test PostgreSQL server, concurrent reads and status
+/// writes each get their own answer, as on SQLite (`controller/src/standalone/store/tests.rs`).
+#[tokio::test]
+async fn the_store_batches_reads_and_status_writes_on_postgresql() {
+    use infrapilot::standalone::store::Store;
+    use infrapilot::standalone::sync::{Key, Missing, Scanned, Unread, plan};
+    use serde_json::json;
+
+    sqlx::any::install_default_drivers();
+    let db = TestDatabase::create("state-store-batch").await.unwrap();
+    let state = infrapilot::state::Database::open(&db.url()).await.unwrap();
+    let store = Store::open(state.pool()).await.unwrap();
+    let key = |name: &str| Key {
+        kind: "AlertChannel".to_owned(),
+        namespace: "default".to_owned(),
+        name: name.to_owned(),
+    };
+    let names: Vec<String> = (0..45).map(|i| format!("ch-{i:03}")).collect();
+    let docs: Vec<Scanned> = names
+        .iter()
+        .map(|name| Scanned {
+            key: key(name),
+            file: "a.yaml".to_owned(),
+            line: 1,
+            object: json!({"apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertChannel", "metadata": {"name": name, "namespace": "default"}, "spec": {}}).into(),
+        })
+        .collect();
+    let mut n = 0;
+    let created = plan(
+        &store.index().await.unwrap(),
+        &docs,
+        &Unread::default(),
+        &mut Missing::default(),
+        std::time::Instant::now(),
+        || {
+            n += 1;
+            format!("uid-{n:03}")
+        },
+    );
+    store
+        .apply_all(&created.changes, jiff::Timestamp::now())
+        .await
+        .unwrap();
+
+    let keys: Vec<Key> = names.iter().map(|n| key(n)).collect();
+    let read = futures::future::join_all(keys.iter().map(|k| store.get(k))).await;
+    let uids: Vec<String> = read.into_iter().map(|r| r.unwrap().unwrap().uid).collect();
+    // ch-001 gets `null`, the others `true`; ch-002's uid is stale, so it is never written.
+    let store = &store;
+    let write_all = || {
+        let writes = keys.iter().zip(&uids).enumerate().map(|(i, (key, uid))| {
+            let uid = if i == 2 { "stale" } else { uid.as_str() };
+            let status = if i == 1 {
+                Value::Null
+            } else {
+                Value::Bool(true)
+            };
+            async move { store.write_status(key, uid, &status).await.unwrap() }
+        });
+        futures::future::join_all(writes)
+    };
+    let first = write_all().await;
+    for (i, written) in first.iter().enumerate() {
+        assert_eq!(*written, i != 2, "{}", names[i]);
+    }
+    // The same again: nothing changes, so nothing is written.
+    let again = write_all().await;
+    assert_eq!(again, vec![false; names.len()]);
+    let mut asked = keys.clone();
+    asked.push(key("absent"));
+    let read = futures::future::join_all(asked.iter().map(|k| store.get(k))).await;
+    let statuses: Vec<Option<Value>> = read
+        .into_iter()
+        .map(|r| r.unwrap().and_then(|o| o.status))
+        .collect();
+    assert_eq!(statuses[2], None);
+    assert_eq!(statuses[1], Some(Value::Null));
+    assert!(
+        statuses[3..names.len()]
+            .iter()
+            .all(|s| *s == Some(Value::Bool(true)))
+    );
+    assert_eq!(statuses[names.len()], None);
+}

@@ -261,3 +261,59 @@ async fn a_scan_of_many_changes_is_stored_at_once_in_rows_and_listed_by_kind_and
         "uid-new"
     );
 }
+
+#[tokio::test]
+async fn concurrent_reads_and_status_writes_each_get_their_own_answer() {
+    let (_dir, store) = store().await;
+    // More objects than one statement of the batch holds.
+    let names: Vec<String> = (0..45).map(|i| format!("ch-{i:03}")).collect();
+    let docs: Vec<Scanned> = names.iter().map(|n| scanned(n, json!({}))).collect();
+    sync(&store, &docs).await;
+    let uid = |name: &str| {
+        let store = store.clone();
+        let key = key(name);
+        async move { store.get(&key).await.unwrap().unwrap().uid }
+    };
+    let uids: Vec<String> = futures::future::join_all(names.iter().map(|n| uid(n))).await;
+    store
+        .write_status(&key("ch-001"), &uids[1], &json!({"n": 1}))
+        .await
+        .unwrap();
+
+    // Asked all at once, so that they share trips: a new status for each, except ch-001's
+    // (unchanged) and ch-002's (a stale uid); ch-000 twice, the later write last.
+    let writes = names.iter().enumerate().map(|(i, name)| {
+        let store = store.clone();
+        let (key, uid) = (key(name), uids[i].clone());
+        async move {
+            let uid = if i == 2 { "stale".to_owned() } else { uid };
+            store.write_status(&key, &uid, &json!({"n": i})).await
+        }
+    });
+    let (first, again_status) = (key("ch-000"), json!({"n": "again"}));
+    let again = store.write_status(&first, &uids[0], &again_status);
+    let (written, again) = futures::join!(futures::future::join_all(writes), again);
+    let written: Vec<bool> = written.into_iter().map(Result::unwrap).collect();
+    assert!(again.unwrap());
+    for (i, written) in written.iter().enumerate() {
+        assert_eq!(*written, i != 1 && i != 2, "{}", names[i]);
+    }
+
+    let mut asked: Vec<Key> = names.iter().map(|n| key(n)).collect();
+    asked.push(key("ch-000"));
+    asked.push(key("absent"));
+    let read = futures::future::join_all(asked.iter().map(|k| store.get(k))).await;
+    let statuses: Vec<Option<Value>> = read
+        .into_iter()
+        .map(|r| r.unwrap().and_then(|o| o.status))
+        .collect();
+    assert_eq!(statuses[0], Some(json!({"n": "again"})));
+    assert_eq!(statuses[1], Some(json!({"n": 1})));
+    assert_eq!(statuses[2], None);
+    for (i, status) in statuses.iter().enumerate().take(names.len()).skip(3) {
+        assert_eq!(*status, Some(json!({"n": i})), "{}", names[i]);
+    }
+    // Asked twice in one trip: both askers get the object.
+    assert_eq!(statuses[names.len()], statuses[0]);
+    assert_eq!(statuses[names.len() + 1], None);
+}
