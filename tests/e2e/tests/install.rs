@@ -192,7 +192,7 @@ async fn kustomize_and_the_chart_render_valid_objects_with_the_same_rbac() {
         "watchNamespace": "apps",
         "leaderElection": {"enabled": false},
         "replicaCount": 1,
-        "docker": {"host": "tcp://docker.example:2376"},
+        "docker": {"host": "tcp://docker.example:2376", "tlsSecret": "docker-client-tls"},
         "backups": {"volumes": [{
             "name": "shop-backups",
             "mountPath": "/backups/shop",
@@ -218,6 +218,39 @@ async fn kustomize_and_the_chart_render_valid_objects_with_the_same_rbac() {
             .iter()
             .any(|e| e["name"] == "DOCKER_HOST" && e["value"] == "tcp://docker.example:2376"),
         "{env}"
+    );
+    // The engine's TLS files, where DOCKER_CERT_PATH says, read-only, and verified.
+    let has = |name: &str, value: &str| {
+        env.as_array()
+            .expect("an env list")
+            .iter()
+            .any(|e| e["name"] == name && e["value"] == value)
+    };
+    assert!(has("DOCKER_TLS_VERIFY", "1"), "{env}");
+    assert!(
+        has("DOCKER_CERT_PATH", "/etc/infrapilot/docker-tls"),
+        "{env}"
+    );
+    let spec = &find(&tuned, "Deployment")["spec"]["template"]["spec"];
+    assert!(
+        spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["name"] == "docker-tls"
+                && m["mountPath"] == "/etc/infrapilot/docker-tls"
+                && m["readOnly"] == true),
+        "{:#}",
+        spec["containers"][0]["volumeMounts"]
+    );
+    assert!(
+        spec["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| v["name"] == "docker-tls" && v["secret"]["secretName"] == "docker-client-tls"),
+        "{:#}",
+        spec["volumes"]
     );
     assert!(
         !tuned.iter().any(|d| d["kind"] == "Role"),
