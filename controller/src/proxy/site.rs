@@ -21,7 +21,10 @@ pub fn access_log_path(id: &str) -> String {
 }
 
 /// The part of the edge's configuration that no Proxy owns: the log format, the websocket
-/// upgrade map, and a default server answering 404 to hosts no Proxy serves.
+/// upgrade map, and default servers for the names no Proxy serves. On 80 they get 404. On 443
+/// the TLS handshake is refused (`ssl_reject_handshake`): without it nginx answers an unknown
+/// name with the first TLS Proxy's certificate and upstream. A request whose SNI names a Proxy
+/// but whose Host names none also ends there, with 404.
 pub fn edge_config() -> String {
     format!(
         "# Managed by InfraPilot: do not edit.\n\
@@ -32,7 +35,9 @@ pub fn edge_config() -> String {
          ssl_session_timeout 1d;\n\
          ssl_session_tickets off;\n\
          server {{\n    listen 80 default_server;\n    server_name _;\n    set $infrapilot_proxy \"\";\n    \
-         access_log off;\n    return 404;\n}}\n"
+         access_log off;\n    return 404;\n}}\n\
+         server {{\n    listen 443 ssl http2 default_server;\n    server_name _;\n    \
+         ssl_reject_handshake on;\n    set $infrapilot_proxy \"\";\n    access_log off;\n    return 404;\n}}\n"
     )
 }
 

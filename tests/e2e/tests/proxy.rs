@@ -472,20 +472,22 @@ fn indented(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
+/// A `kubernetes.io/tls` Secret manifest holding `chain` and `key`.
+fn tls_secret(name: &str, chain: &str, key: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indented(chain),
+        indented(key)
+    )
+}
+
 #[tokio::test]
 async fn a_certificate_from_a_secret_is_served_over_https_with_a_grade() {
     let s = setup("proxy-tls").await;
     let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
     let host = "secure.example.test";
     let (chain, key, ca) = certificate_for(&s.operator.dir().join("pki"), host);
-    s.write(
-        "secret.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: secure-tls\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
-            indented(&chain),
-            indented(&key)
-        ),
-    );
+    s.write("secret.yaml", &tls_secret("secure-tls", &chain, &key));
     s.write(
         "secure.yaml",
         &proxy(
@@ -548,6 +550,71 @@ async fn a_certificate_from_a_secret_is_served_over_https_with_a_grade() {
         .await
         .unwrap();
     assert_eq!(again.status(), 200);
+    s.operator.stop().await.unwrap();
+}
+
+/// A TLS client that takes any certificate, so that only a refused handshake fails it: without
+/// the default server on 443, an unknown name got the first TLS Proxy's certificate and site.
+fn any_certificate(host: &str, edge: &TestEdge) -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve(
+            host,
+            format!("127.0.0.1:{}", edge.https)
+                .parse()
+                .expect("an address"),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTPS client")
+}
+
+#[tokio::test]
+async fn names_no_proxy_serves_get_no_site_on_443_or_80() {
+    let s = setup("proxy-default-servers").await;
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    let host = "owned.example.test";
+    let (chain, key, _) = certificate_for(&s.operator.dir().join("pki"), host);
+    s.write("secret.yaml", &tls_secret("owned-tls", &chain, &key));
+    s.write(
+        "owned.yaml",
+        &proxy(
+            "owned",
+            host,
+            &by_name(&app.name),
+            "  tls:\n    secretName: owned-tls\n",
+        ),
+    );
+    s.ready("owned", "True").await;
+    // The Proxy's own name is served over TLS, by the same client the unknown name gets.
+    let served = eventually(
+        "HTTPS for the owned name",
+        Duration::from_secs(20),
+        || async {
+            any_certificate(host, &s.edge)
+                .get(format!("https://{host}:{}/", s.edge.https))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))
+        },
+    )
+    .await;
+    assert_eq!(served.status(), 200);
+    assert!(served.text().await.unwrap().contains(&app.name));
+
+    // An unknown SNI: the handshake is refused, so no certificate and no site answer.
+    let unknown = "unknown.example.test";
+    let refused = any_certificate(unknown, &s.edge)
+        .get(format!("https://{unknown}:{}/", s.edge.https))
+        .send()
+        .await;
+    let error = refused.expect_err("an unknown name on 443 must not be answered");
+    assert!(error.is_connect(), "{error:?}");
+    // An unknown Host on 80 gets 404 and nothing of the site.
+    let (status, body) = s.edge.get(unknown).await.unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(!body.contains(&app.name), "{body}");
     s.operator.stop().await.unwrap();
 }
 
