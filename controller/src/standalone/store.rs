@@ -27,6 +27,13 @@ pub const SCHEMA: Schema = Schema {
     }],
 };
 
+/// The columns every object query selects, in the order [`stored_object`] reads them.
+macro_rules! object_columns {
+    () => {
+        "kind, namespace, name, uid, generation, object, status, deleting, file, line"
+    };
+}
+
 /// An object as stored: its manifest with the metadata the API server adds, and its status.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredObject {
@@ -235,9 +242,7 @@ impl Store {
     ) -> anyhow::Result<Vec<StoredObject>> {
         // Only the conditions given, so that the primary key (kind, namespace, name) finds the
         // rows: with `$1 IS NULL OR kind = $1` SQLite scanned the whole table for every list.
-        let mut sql = String::from(
-            "SELECT kind, namespace, name, uid, generation, object, status, deleting, file, line FROM objects",
-        );
+        let mut sql = format!("SELECT {} FROM objects", object_columns!());
         let conditions: Vec<String> = [("kind", kind), ("namespace", namespace)]
             .iter()
             .filter(|(_, value)| value.is_some())
@@ -486,10 +491,11 @@ async fn get_on(
     connection: &mut sqlx::AnyConnection,
     key: &Key,
 ) -> anyhow::Result<Option<StoredObject>> {
-    let row = sqlx::query(
-        "SELECT kind, namespace, name, uid, generation, object, status, deleting, file, line FROM objects
-         WHERE kind = $1 AND namespace = $2 AND name = $3",
-    )
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        object_columns!(),
+        " FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3"
+    ))
     .bind(&key.kind)
     .bind(&key.namespace)
     .bind(&key.name)
@@ -498,7 +504,7 @@ async fn get_on(
     row.map(|row| stored_object(&row)).transpose()
 }
 
-/// Reads a row of the object queries in `get` and `list` (same columns, same order).
+/// Reads a row of the object queries, which select `object_columns!()` in this order.
 fn stored_object(row: &sqlx::any::AnyRow) -> anyhow::Result<StoredObject> {
     stored_object_with(row, serde_json::from_str(&row.try_get::<String, _>(5)?)?)
 }

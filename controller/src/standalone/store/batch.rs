@@ -129,9 +129,9 @@ async fn read(pool: &AnyPool, keys: &[&Key]) -> anyhow::Result<HashMap<Key, Stor
         // A join on the primary key: SQLite answers `(kind, namespace, name) IN (VALUES ...)`
         // with a scan of the whole table.
         let sql = format!(
-            "SELECT o.kind, o.namespace, o.name, o.uid, o.generation, o.object, o.status, o.deleting, o.file, o.line
-             FROM (VALUES {}) AS v JOIN objects o
-             ON o.kind = v.column1 AND o.namespace = v.column2 AND o.name = v.column3",
+            "SELECT {} FROM (VALUES {}) AS v JOIN objects
+             ON objects.kind = v.column1 AND objects.namespace = v.column2 AND objects.name = v.column3",
+            object_columns!(),
             placeholders(chunk.len(), 3)
         );
         // The statement holds placeholders only; every value is bound.
