@@ -58,6 +58,13 @@ impl Queue {
         self.queued.insert(key, (priority, when, arrival));
     }
 
+    /// Queues each of `keys` at `when`, in their order.
+    pub(super) fn all(&mut self, keys: Vec<Key>, when: Instant, priority: Priority) {
+        for key in keys {
+            self.at(key, when, priority);
+        }
+    }
+
     fn set(&mut self, priority: Priority) -> &mut BTreeSet<(Instant, u64, Key)> {
         match priority {
             Priority::Change => &mut self.change,

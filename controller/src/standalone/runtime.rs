@@ -2,8 +2,9 @@
 //! reconcilers, until asked to stop.
 //!
 //! Manifests are scanned ([`super::scan`]) at start, whenever a file below a manifest path
-//! changes, when a deletion waits for a second scan to confirm it, and at every resync. Each
-//! object a scan changed is queued. Up to [`CONCURRENCY`] objects are reconciled at once, each
+//! changes, when a deletion waits for a second scan to confirm it, and at every resync; after
+//! the first, in a task of their own ([`scan_loop`]), so that reconciles go on starting while
+//! thousands of files are read. Each object a scan changed is queued. Up to [`CONCURRENCY`] objects are reconciled at once, each
 //! object at most once at a time; a reconciler's requeue and backoff put the object back in the
 //! queue for later. At start every stored object is queued once: reconcilers are idempotent, so
 //! a restart repeats no finished side effect.
@@ -21,7 +22,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info};
 
-use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use super::dispatch::{Controllers, StoreEvents, Workers};
 use super::objects::StoreObjects;
@@ -124,8 +125,8 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         keys: keys_tx.clone(),
         state_backoff: Backoff::default(),
     });
-    let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let scanner = Scanner::new(
+    let (changed_tx, changed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut scanner = Scanner::new(
         options.manifests.clone(),
         store.clone(),
         secrets,
@@ -135,50 +136,31 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         workers,
         running: BTreeSet::new(),
         tasks: tokio::task::JoinSet::new(),
-        store,
-        scanner,
         queue: Queue::default(),
     };
 
-    runtime.scan().await?;
-    runtime.queue_everything(Priority::Routine).await?;
+    let first = scanner.scan().await?;
+    runtime
+        .queue
+        .all(first.stored, Instant::now(), Priority::Routine);
     health.set(true, "the manifests have been read");
     info!(manifests = ?options.manifests, "standalone mode started");
+    // Scans run beside the loop, never in it: at 10,000 objects a scan reads every file and the
+    // whole index, and reconciles must go on being started meanwhile.
+    let (found_tx, mut found_rx) = unbounded_channel::<Found>();
+    let scans = tokio::spawn(scan_loop(scanner, changed_rx, options.resync, found_tx));
 
     tokio::pin!(shutdown);
-    let mut resync = tokio::time::interval_at(Instant::now() + options.resync, options.resync);
     loop {
         let next = runtime
             .queue
             .next_due(|k| !runtime.running.contains(k))
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        let recheck = runtime.scanner.recheck_at().map(Instant::from_std);
         tokio::select! {
             () = &mut shutdown => break,
             Some(key) = keys_rx.recv() => runtime.queue.at(key, Instant::now(), Priority::Change),
-            Some(()) = changed_rx.recv() => {
-                // Editors write in several steps: let a burst settle, then scan once. Short, since
-                // it adds to every change's latency: a file caught half-written is read again on
-                // its next event, and deletions wait for a second scan anyway.
-                tokio::time::sleep(SETTLE).await;
-                while changed_rx.try_recv().is_ok() {}
-                if let Err(error) = runtime.scan().await {
-                    error!("scanning the manifests failed: {error:#}");
-                }
-            }
-            // A scan missed an object: a second one confirms its deletion, or calls it off.
-            () = tokio::time::sleep_until(recheck.unwrap_or(next)), if recheck.is_some() => {
-                if let Err(error) = runtime.scan().await {
-                    error!("scanning the manifests failed: {error:#}");
-                }
-            }
-            _ = resync.tick() => {
-                if let Err(error) = runtime.scan().await {
-                    error!("scanning the manifests failed: {error:#}");
-                }
-                if let Err(error) = runtime.queue_everything(Priority::Routine).await {
-                    error!("resync failed: {error:#}");
-                }
+            Some(found) = found_rx.recv() => {
+                runtime.queue.all(found.keys, Instant::now(), found.priority);
             }
             () = tokio::time::sleep_until(next), if runtime.tasks.len() < CONCURRENCY => {
                 let free = CONCURRENCY - runtime.tasks.len();
@@ -218,6 +200,12 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         }
     }
     health.set(false, "shutting down");
+    // A scan under way finishes (its changes are stored in one transaction either way), then
+    // the scan loop sees nobody listens and ends.
+    drop(found_rx);
+    if let Err(error) = scans.await {
+        error!("the manifest scans panicked: {error}");
+    }
     // Let running reconciles finish: a side effect half-done is worse than a late stop.
     while runtime.tasks.join_next().await.is_some() {}
     let _ = stop_probes.send(());
@@ -233,31 +221,60 @@ struct Runtime {
     /// Objects being reconciled now: each at most once at a time.
     running: BTreeSet<Key>,
     tasks: tokio::task::JoinSet<(Key, anyhow::Result<Next>)>,
-    store: Store,
-    scanner: Scanner,
     queue: Queue,
 }
 
-impl Runtime {
-    /// Reads the manifests, brings the store in line with them and queues what changed.
-    async fn scan(&mut self) -> anyhow::Result<()> {
-        let scan = self.scanner.scan().await?;
-        if scan.secrets_changed {
-            // A changed Secret may make a channel deliverable, or not: look at everything.
-            self.queue_everything(Priority::Change).await?;
-        }
-        for key in scan.changed {
-            self.queue.at(key, Instant::now(), Priority::Change);
-        }
-        Ok(())
-    }
+/// Objects a scan asks the loop to queue.
+struct Found {
+    keys: Vec<Key>,
+    priority: Priority,
+}
 
-    /// Queues every object: at the start and at each resync as routine work, behind whatever
-    /// changed.
-    async fn queue_everything(&mut self, priority: Priority) -> anyhow::Result<()> {
-        for key in self.store.index().await?.into_keys() {
-            self.queue.at(key, Instant::now(), priority);
+/// Scans the manifests whenever a file changes, a deletion waits for its second scan, and at
+/// every resync, and tells the loop what to queue; ends once the loop stops listening.
+async fn scan_loop(
+    mut scanner: Scanner,
+    mut changed: tokio::sync::mpsc::Receiver<()>,
+    resync: Duration,
+    found: UnboundedSender<Found>,
+) {
+    let mut tick = tokio::time::interval_at(Instant::now() + resync, resync);
+    loop {
+        let recheck = scanner.recheck_at().map(Instant::from_std);
+        let routine = tokio::select! {
+            () = found.closed() => return,
+            Some(()) = changed.recv() => {
+                // Editors write in several steps: let a burst settle, then scan once. Short,
+                // since it adds to every change's latency: a file caught half-written is read
+                // again on its next event, and deletions wait for a second scan anyway.
+                tokio::time::sleep(SETTLE).await;
+                while changed.try_recv().is_ok() {}
+                false
+            }
+            // A scan missed an object: a second one confirms its deletion, or calls it off.
+            () = tokio::time::sleep_until(recheck.unwrap_or_else(Instant::now)),
+                if recheck.is_some() => false,
+            _ = tick.tick() => true,
+        };
+        let scan = match scanner.scan().await {
+            Ok(scan) => scan,
+            Err(error) => {
+                error!("scanning the manifests failed: {error:#}");
+                continue;
+            }
+        };
+        let send =
+            |keys: Vec<Key>, priority: Priority| found.send(Found { keys, priority }).is_ok();
+        let everything = if scan.secrets_changed {
+            // A changed Secret may make a channel deliverable, or not: look at everything.
+            Some(Priority::Change)
+        } else {
+            routine.then_some(Priority::Routine)
+        };
+        let sent = send(scan.changed, Priority::Change)
+            && everything.is_none_or(|priority| send(scan.stored, priority));
+        if !sent {
+            return;
         }
-        Ok(())
     }
 }

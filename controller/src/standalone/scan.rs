@@ -59,6 +59,9 @@ pub struct Scan {
     pub changed: Vec<Key>,
     /// The Secrets in effect changed (since an earlier scan): every object may care.
     pub secrets_changed: bool,
+    /// Every object in the store once the scan's changes are in, in key order: what a resync
+    /// queues, without reading the store once more.
+    pub stored: Vec<Key>,
 }
 
 impl Scanner {
@@ -220,6 +223,8 @@ impl Scanner {
             }
         }
         self.waiting = waiting;
+        // Deleted objects stay stored (`deleting`) until their reconciler lets them go.
+        let mut stored: BTreeSet<Key> = index.into_keys().collect();
 
         let stamp = Timestamp::now();
         let mut changed = Vec::with_capacity(plan.changes.len());
@@ -237,11 +242,13 @@ impl Scanner {
                 Change::Delete { key } => (key, "deleted from the manifests"),
             };
             info!(object = %key, "{what}");
+            stored.insert(key.clone());
             changed.push(key.clone());
         }
         Ok(Scan {
             changed,
             secrets_changed,
+            stored: stored.into_iter().collect(),
         })
     }
 
