@@ -265,6 +265,12 @@ async fn scan_loop(
         };
         let send =
             |keys: Vec<Key>, priority: Priority| found.send(Found { keys, priority }).is_ok();
+        if routine {
+            info!(
+                objects = scan.stored.len(),
+                "resync: every object queued again"
+            );
+        }
         let everything = if scan.secrets_changed {
             // A changed Secret may make a channel deliverable, or not: look at everything.
             Some(Priority::Change)
