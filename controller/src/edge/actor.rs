@@ -40,6 +40,8 @@ pub(super) struct Owner {
     pub(super) live: BTreeMap<String, Live>,
     /// Networks the edge was connected to for Proxies.
     pub(super) attached: BTreeSet<String>,
+    /// The resolver file as last written ([`crate::proxy::site::resolver_config`]).
+    pub(super) resolver: Option<String>,
 }
 
 /// One batch: what each Proxy wants now (None: removal), and who waits for the answer.

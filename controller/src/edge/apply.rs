@@ -11,6 +11,7 @@ use super::actor::{Live, Owner};
 use super::{CONF_DIR, EdgeError, Served, Wanted};
 use crate::audit::ObjectRef;
 use crate::docker::DockerError;
+use crate::proxy::site;
 
 pub(super) fn file_name(id: &str) -> String {
     format!("infrapilot-{id}.conf")
@@ -30,6 +31,30 @@ pub fn rejected_id(nginx_output: &str) -> Option<String> {
         .take_while(|c| c.is_ascii_alphanumeric())
         .collect();
     (rest[id.len()..].starts_with(".conf") && id.starts_with('p')).then_some(id)
+}
+
+/// The files a Proxy's wish writes: those its configuration refers to first, since `nginx -t`
+/// loads them.
+fn written_files(id: &str, wish: &Wanted) -> Vec<(String, Vec<u8>)> {
+    let mut files = wish.files.clone();
+    files.push((file_path(id), wish.config.clone().into_bytes()));
+    files
+}
+
+/// The first of `among` whose configuration or files nginx's output names: a key that does
+/// not match its certificate names the key file, not the site.
+fn named(output: &str, among: &[String], writes: &BTreeMap<String, Wanted>) -> Option<String> {
+    among
+        .iter()
+        .find(|id| {
+            output.contains(&file_path(id))
+                || writes.get(*id).is_some_and(|wish| {
+                    wish.files
+                        .iter()
+                        .any(|(path, _)| output.contains(path.as_str()))
+                })
+        })
+        .cloned()
 }
 
 /// nginx's message without the noise around it, for a condition.
@@ -114,6 +139,7 @@ impl Owner {
             outcomes.insert(id, Served::Serving);
         }
         // Networks first: nginx must be able to reach an upstream once it serves it.
+        let mut joined = false;
         for wish in writes.values() {
             for network in &wish.networks {
                 if network == "bridge" || self.attached.contains(network) {
@@ -130,6 +156,7 @@ impl Owner {
                 .await;
                 match result {
                     Ok(()) => {
+                        joined = true;
                         self.attached.insert(network.clone());
                     }
                     // Attached already (by a previous process, say).
@@ -140,19 +167,16 @@ impl Owner {
                 }
             }
         }
-        if writes.is_empty() && removals.is_empty() {
-            self.detach_unused(&container).await;
-            return Ok((outcomes, false));
+        // Joining a user network switches the edge's DNS to Docker's embedded server.
+        let resolver_changed = joined && self.write_resolver(&container).await?;
+        if writes.is_empty() && removals.is_empty() && !resolver_changed {
+            let reloaded = self.detach_unused(&container).await;
+            return Ok((outcomes, reloaded));
         }
 
         let files: Vec<(String, Vec<u8>)> = writes
             .iter()
-            .flat_map(|(id, wish)| {
-                // The files the configuration refers to first: nginx -t loads them.
-                let mut files = wish.files.clone();
-                files.push((file_path(id), wish.config.clone().into_bytes()));
-                files
-            })
+            .flat_map(|(id, wish)| written_files(id, wish))
             .collect();
         if !files.is_empty() {
             self.docker.put_files(&container, &files).await?;
@@ -174,41 +198,15 @@ impl Owner {
             self.docker.exec(&container, &argv).await?;
         }
 
-        // Validate; put back each file nginx names until what remains passes.
-        let mut rejected: BTreeMap<String, String> = BTreeMap::new();
-        loop {
-            let test = self.docker.exec(&container, &["nginx", "-t"]).await?;
-            if test.exit_code == 0 {
-                break;
-            }
-            let message = nginx_message(&test.output);
-            let culprit = rejected_id(&test.output).filter(|id| !rejected.contains_key(id));
-            let Some(id) = culprit else {
-                // Not a file of one Proxy: undo the whole batch and report it to all.
-                warn!(edge = %self.options.name, "nginx rejected the configuration: {message}");
-                let all: Vec<String> = writes.keys().cloned().collect();
-                for id in all {
-                    let written = writes.get(&id).map(|w| w.files.clone()).unwrap_or_default();
-                    self.restore(&container, &id, &written).await?;
-                    rejected.insert(id, message.clone());
-                }
-                let test = self.docker.exec(&container, &["nginx", "-t"]).await?;
-                if test.exit_code != 0 {
-                    warn!(edge = %self.options.name, "the edge's configuration stays invalid: {}", nginx_message(&test.output));
-                }
-                break;
-            };
-            let written = writes.get(&id).map(|w| w.files.clone()).unwrap_or_default();
-            self.restore(&container, &id, &written).await?;
-            rejected.insert(id, message);
-        }
+        let (rejected, valid) = self.validate(&container, &writes).await?;
 
         let applied: Vec<String> = writes
             .keys()
             .filter(|id| !rejected.contains_key(*id))
             .cloned()
             .collect();
-        let reload = !applied.is_empty() || !removals.is_empty();
+        // nginx refuses a reload it cannot load, and keeps what it serves; not asking is cleaner.
+        let reload = valid && (!applied.is_empty() || !removals.is_empty() || resolver_changed);
         // Record first, then reload: a record always precedes its effect, and an operator
         // stopped in between leaves a stale marker, so the next one reloads (see `seed`).
         let validated: Result<(), String> = Ok(());
@@ -272,40 +270,194 @@ impl Owner {
         if reload {
             self.write_marker(&container).await?;
         }
-        self.detach_unused(&container).await;
-        Ok((outcomes, reload))
+        let reloaded = self.detach_unused(&container).await;
+        Ok((outcomes, reload || reloaded))
     }
 
-    /// Puts a Proxy's file back as it is live, or removes it when it was new.
+    /// Runs `nginx -t` until what is on disk passes, taking out each written Proxy nginx
+    /// refuses; returns those Proxies with nginx's message about each one's own files, and
+    /// whether what is left on disk passes.
+    ///
+    /// A file nginx names is put back at once: one test per bad file. nginx names none when
+    /// the fault shows only once everything is loaded (a server-name hash too small, a clash
+    /// between sites): then the batch is taken out and halved until each refused group is one
+    /// Proxy, keeping every group that passes. Rejecting the whole batch instead would fail
+    /// every Proxy of it with one Proxy's message, and the batch would meet again at every
+    /// resync.
+    async fn validate(
+        &self,
+        container: &str,
+        writes: &BTreeMap<String, Wanted>,
+    ) -> Result<(BTreeMap<String, String>, bool), EdgeError> {
+        let mut rejected = BTreeMap::new();
+        // Written Proxies on disk now, neither accepted nor refused yet.
+        let mut on_disk: Vec<String> = writes.keys().cloned().collect();
+        loop {
+            let test = self.docker.exec(container, &["nginx", "-t"]).await?;
+            if test.exit_code == 0 {
+                return Ok((rejected, true));
+            }
+            let message = nginx_message(&test.output);
+            if let Some(id) = named(&test.output, &on_disk, writes) {
+                self.restore(container, std::slice::from_ref(&id), writes)
+                    .await?;
+                on_disk.retain(|other| *other != id);
+                rejected.insert(id, message);
+                continue;
+            }
+            self.restore(container, &on_disk, writes).await?;
+            let base = self.docker.exec(container, &["nginx", "-t"]).await?;
+            if base.exit_code != 0 {
+                // Invalid without any of this batch: nothing of it can be shown to be good.
+                warn!(edge = %self.options.name, "the edge's configuration stays invalid: {}", nginx_message(&base.output));
+                rejected.extend(on_disk.into_iter().map(|id| (id, message.clone())));
+                return Ok((rejected, false));
+            }
+            warn!(edge = %self.options.name, suspects = on_disk.len(), "nginx rejected the batch without naming a site: halving it: {message}");
+            // Groups still to try, on top of what passed; the first half is tried first.
+            let mut groups = vec![on_disk];
+            while let Some(group) = groups.pop() {
+                self.put(container, &group, writes).await?;
+                let test = self.docker.exec(container, &["nginx", "-t"]).await?;
+                if test.exit_code == 0 {
+                    continue;
+                }
+                self.restore(container, &group, writes).await?;
+                let message = nginx_message(&test.output);
+                let culprit = named(&test.output, &group, writes)
+                    .or_else(|| (group.len() == 1).then(|| group[0].clone()));
+                match culprit {
+                    Some(id) => {
+                        let rest: Vec<String> = group.into_iter().filter(|o| *o != id).collect();
+                        if !rest.is_empty() {
+                            groups.push(rest);
+                        }
+                        rejected.insert(id, message);
+                    }
+                    None => {
+                        let mut first = group;
+                        let second = first.split_off(first.len() / 2);
+                        groups.push(second);
+                        groups.push(first);
+                    }
+                }
+            }
+            return Ok((rejected, true));
+        }
+    }
+
+    /// Writes the wanted files of `ids`.
+    async fn put(
+        &self,
+        container: &str,
+        ids: &[String],
+        writes: &BTreeMap<String, Wanted>,
+    ) -> Result<(), EdgeError> {
+        let files: Vec<(String, Vec<u8>)> = ids
+            .iter()
+            .filter_map(|id| writes.get(id).map(|wish| (id, wish)))
+            .flat_map(|(id, wish)| written_files(id, wish))
+            .collect();
+        self.docker.put_files(container, &files).await?;
+        Ok(())
+    }
+
+    /// Puts the files of `ids` back as they are live, or removes them when they were new.
     async fn restore(
         &self,
         container: &str,
-        id: &str,
-        written: &[(String, Vec<u8>)],
+        ids: &[String],
+        writes: &BTreeMap<String, Wanted>,
     ) -> Result<(), EdgeError> {
-        match self.live.get(id) {
-            Some(live) => {
-                let mut files = live.files.clone();
-                files.push((file_path(id), live.config.clone().into_bytes()));
-                self.docker.put_files(container, &files).await?;
+        let mut files = Vec::new();
+        let mut argv = vec!["rm".to_owned(), "-f".to_owned()];
+        for id in ids {
+            match self.live.get(id) {
+                Some(live) => {
+                    files.extend(live.files.iter().cloned());
+                    files.push((file_path(id), live.config.clone().into_bytes()));
+                }
+                None => {
+                    argv.push(file_path(id));
+                    let written = writes
+                        .get(id)
+                        .map(|w| w.files.as_slice())
+                        .unwrap_or_default();
+                    argv.extend(written.iter().map(|(path, _)| path.clone()));
+                }
             }
-            None => {
-                let mut argv = vec!["rm".to_owned(), "-f".to_owned(), file_path(id)];
-                argv.extend(written.iter().map(|(path, _)| path.clone()));
-                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-                self.docker.exec(container, &argv).await?;
-            }
+        }
+        if !files.is_empty() {
+            self.docker.put_files(container, &files).await?;
+        }
+        if argv.len() > 2 {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            self.docker.exec(container, &argv).await?;
         }
         Ok(())
     }
 
-    /// Leaves the networks no live Proxy needs any more.
-    async fn detach_unused(&mut self, container: &str) {
+    /// Writes the resolver file from the edge's own `/etc/resolv.conf` when it says something
+    /// else than the file; returns whether it wrote (nginx loads it at the next reload). Docker
+    /// rewrites `/etc/resolv.conf` as the edge joins and leaves user networks, and nginx has no
+    /// resolver of its own: URL upstreams named by host resolve through this one per request.
+    pub(super) async fn write_resolver(&mut self, container: &str) -> Result<bool, EdgeError> {
+        let read = self
+            .docker
+            .exec(container, &["cat", "/etc/resolv.conf"])
+            .await?;
+        if read.exit_code != 0 {
+            warn!(edge = %self.options.name, "cannot read the edge's /etc/resolv.conf: {}", read.output.trim());
+            return Ok(false);
+        }
+        let wanted = site::resolver_config(&read.output);
+        if self.resolver.as_deref() == Some(wanted.as_str()) {
+            return Ok(false);
+        }
+        let file = (site::RESOLVER_FILE.to_owned(), wanted.clone().into_bytes());
+        self.docker.put_files(container, &[file]).await?;
+        self.resolver = Some(wanted);
+        Ok(true)
+    }
+
+    /// [`Owner::write_resolver`], then validates and reloads when it wrote; returns whether
+    /// nginx was reloaded.
+    pub(super) async fn refresh_resolver(&mut self, container: &str) -> Result<bool, EdgeError> {
+        if !self.write_resolver(container).await? {
+            return Ok(false);
+        }
+        let test = self.docker.exec(container, &["nginx", "-t"]).await?;
+        if test.exit_code != 0 {
+            warn!(edge = %self.options.name, "the edge's configuration is invalid: {}", nginx_message(&test.output));
+            return Ok(false);
+        }
+        self.reload(container, "the resolver changed").await?;
+        Ok(true)
+    }
+
+    /// Signals nginx to reload, with an audit record naming why: for reloads no Proxy's change
+    /// asked for (the edge's own files).
+    pub(super) async fn reload(&self, container: &str, why: &str) -> Result<(), EdgeError> {
+        let result = self.docker.signal(container, "HUP").await;
+        let target = format!("edge {}: {why}", self.options.name);
+        self.audit(
+            None,
+            "nginx.reload",
+            &target,
+            &result.as_ref().map(|_| ()).map_err(ToString::to_string),
+        )
+        .await;
+        Ok(result?)
+    }
+
+    /// Leaves the networks no live Proxy needs any more; returns whether nginx was reloaded
+    /// (leaving the last user network changes the resolver).
+    async fn detach_unused(&mut self, container: &str) -> bool {
         let needed: BTreeSet<&String> = self.live.values().flat_map(|l| &l.networks).collect();
         // Proxies read back from a previous run have no known network yet: keep everything
         // until each was reconciled once.
         if self.live.values().any(|l| l.object.is_none()) {
-            return;
+            return false;
         }
         let unused: Vec<String> = self
             .attached
@@ -313,6 +465,7 @@ impl Owner {
             .filter(|n| !needed.contains(n))
             .cloned()
             .collect();
+        let left = !unused.is_empty();
         for network in unused {
             let result = self.docker.disconnect(&network, container).await;
             let target = format!("network {network}");
@@ -330,6 +483,16 @@ impl Owner {
                 Err(error) => {
                     warn!(edge = %self.options.name, "cannot leave network {network}: {error}")
                 }
+            }
+        }
+        if !left {
+            return false;
+        }
+        match self.refresh_resolver(container).await {
+            Ok(reloaded) => reloaded,
+            Err(error) => {
+                warn!(edge = %self.options.name, "cannot bring the resolver up to date: {error}");
+                false
             }
         }
     }

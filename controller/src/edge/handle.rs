@@ -47,6 +47,7 @@ impl Edge {
             seeded: false,
             live: BTreeMap::new(),
             attached: BTreeSet::new(),
+            resolver: None,
         };
         tokio::spawn(owner.run(receiver));
         Self { requests }

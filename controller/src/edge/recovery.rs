@@ -77,7 +77,12 @@ impl Owner {
         id: &str,
         networks: &[crate::docker::Attachment],
     ) -> Result<(), EdgeError> {
+        let mut edge_file_current = false;
         for (name, content) in self.docker.read_files(id, CONF_DIR).await? {
+            if name == EDGE_FILE {
+                edge_file_current = content == site::edge_config().into_bytes();
+                continue;
+            }
             let Some(site) = name
                 .strip_prefix("infrapilot-")
                 .and_then(|n| n.strip_suffix(".conf"))
@@ -99,14 +104,29 @@ impl Owner {
                     .push((format!("{}/{name}", site::TLS_DIR), content));
             }
         }
-        let marker = self
+        let state = self
             .docker
             .read_files(id, APPLIED_MARKER.rsplit_once('/').map_or("/", |(d, _)| d))
-            .await?
-            .into_iter()
-            .find(|(name, _)| APPLIED_MARKER.ends_with(&format!("/{name}")))
-            .map(|(_, content)| String::from_utf8_lossy(&content).trim().to_owned());
-        if marker.as_deref() != Some(digest(&self.live).as_str()) {
+            .await?;
+        let file = |path: &str| {
+            state
+                .iter()
+                .find(|(name, _)| path.ends_with(&format!("/{name}")))
+                .map(|(_, content)| String::from_utf8_lossy(content).into_owned())
+        };
+        let marker = file(APPLIED_MARKER).map(|m| m.trim().to_owned());
+        self.resolver = file(site::RESOLVER_FILE);
+        if !edge_file_current {
+            // An edge made by another version of the operator: its own part (default servers,
+            // hash sizes) is brought up to date like a Proxy's file, validated and reloaded.
+            warn!(edge = %self.options.name, "the edge's own configuration is not this version's: rewriting it, validating and reloading once");
+            let file = (
+                format!("{CONF_DIR}/{EDGE_FILE}"),
+                site::edge_config().into_bytes(),
+            );
+            self.docker.put_files(id, &[file]).await?;
+            self.resync(id).await?;
+        } else if marker.as_deref() != Some(digest(&self.live).as_str()) {
             warn!(edge = %self.options.name, "the edge holds files it never loaded (an operator stopped mid-change): validating and reloading once");
             self.resync(id).await?;
         }
@@ -115,6 +135,9 @@ impl Owner {
             .map(|a| a.network.clone())
             .filter(|n| n != "bridge")
             .collect();
+        // An edge of an earlier version has no resolver file; one whose networks changed while
+        // no operator ran has a stale one.
+        self.refresh_resolver(id).await?;
         self.seeded = true;
         info!(edge = %self.options.name, proxies = self.live.len(), "found the running edge");
         Ok(())
@@ -139,16 +162,8 @@ impl Owner {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             self.docker.exec(container, &argv).await?;
         }
-        let result = self.docker.signal(container, "HUP").await;
-        let target = format!("edge {}", self.options.name);
-        self.audit(
-            None,
-            "nginx.reload",
-            &target,
-            &result.as_ref().map(|_| ()).map_err(ToString::to_string),
-        )
-        .await;
-        result?;
+        self.reload(container, "files on disk it had not loaded")
+            .await?;
         self.write_marker(container).await
     }
 
@@ -209,6 +224,10 @@ impl Owner {
         for network in networks {
             self.docker.connect(&network, &id).await?;
         }
+        // Docker writes /etc/resolv.conf as the container starts and joins networks: only now
+        // can the resolver be known. Until this reload, a URL upstream named by host gets 502.
+        self.resolver = None;
+        self.refresh_resolver(&id).await?;
         Ok(())
     }
 }

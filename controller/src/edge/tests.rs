@@ -174,6 +174,81 @@ async fn a_rejected_file_is_taken_out_and_the_others_are_served() {
 }
 
 #[tokio::test]
+async fn a_fault_that_names_no_file_fails_only_the_proxies_that_cause_it() {
+    let docker = Arc::new(MemoryDocker::default());
+    let edge = edge(docker.clone());
+    assert_eq!(
+        edge.apply(wanted("plive", "server live")).await,
+        Ok(Served::Serving)
+    );
+    let tests_before = docker.state.lock().unwrap().tests;
+    // Twelve changes at once: two that nginx refuses without naming them, one it names, and
+    // a change of the live one.
+    let config = |i: usize| match i {
+        3 | 8 => format!("server {i} HASH"),
+        5 => format!("server {i} BAD"),
+        _ => format!("server {i}"),
+    };
+    let applies = (0..12)
+        .map(|i| edge.apply(wanted(&format!("p{i:02}"), &config(i))))
+        .chain([edge.apply(wanted("plive", "server live v2"))]);
+    let results = futures::future::join_all(applies).await;
+    for (i, result) in results.iter().enumerate() {
+        let expected = match i {
+            3 | 8 => "server_names_hash",
+            5 => "unknown directive",
+            _ => {
+                assert_eq!(result, &Ok(Served::Serving), "change {i}");
+                continue;
+            }
+        };
+        match result {
+            Ok(Served::Rejected(message)) => {
+                assert!(message.contains(expected), "change {i}: {message}")
+            }
+            other => panic!("change {i}: {other:?}"),
+        }
+    }
+    let state = docker.state.lock().unwrap();
+    for i in [3, 5, 8] {
+        assert!(!state.files.contains_key(&file_path(&format!("p{i:02}"))));
+    }
+    assert_eq!(
+        state.files.get(&file_path("p11")).map(Vec::as_slice),
+        Some(&b"server 11"[..])
+    );
+    assert_eq!(
+        state.files.get(&file_path("plive")).map(Vec::as_slice),
+        Some(&b"server live v2"[..])
+    );
+    // Halving, not one test per change: the changes may have come in one batch or two.
+    let tests = state.tests - tests_before;
+    assert!(tests <= 24, "{tests} runs of nginx -t");
+}
+
+#[tokio::test]
+async fn one_fault_naming_no_file_in_a_large_batch_costs_a_few_tests_not_one_per_change() {
+    let docker = Arc::new(MemoryDocker::default());
+    let edge = edge(docker.clone());
+    let applies = (0..64).map(|i| {
+        let config = if i == 41 {
+            "server HASH".to_owned()
+        } else {
+            format!("server {i}")
+        };
+        edge.apply(wanted(&format!("p{i:02}"), &config))
+    });
+    let results = futures::future::join_all(applies).await;
+    let rejected: Vec<usize> = (0..64)
+        .filter(|i| matches!(results[*i], Ok(Served::Rejected(_))))
+        .collect();
+    assert_eq!(rejected, vec![41], "{results:?}");
+    let tests = docker.state.lock().unwrap().tests;
+    // Halving 63 changes down to one: two tests per level, six levels, and a few around.
+    assert!(tests <= 20, "{tests} runs of nginx -t for 64 changes");
+}
+
+#[tokio::test]
 async fn a_same_named_container_it_did_not_create_is_never_touched() {
     /// Docker with a foreign container where the edge would be.
     struct Foreign(MemoryDocker);

@@ -39,11 +39,16 @@ pub fn parse(chain_pem: &[u8], key_pem: &[u8]) -> Result<Certificate, String> {
     let leaf = chain
         .first()
         .ok_or_else(|| "tls.crt holds no certificate".to_owned())?;
-    let key_ok = Pem::iter_from_buffer(key_pem)
+    let key = Pem::iter_from_buffer(key_pem)
         .filter_map(Result::ok)
-        .any(|p| p.label.ends_with("PRIVATE KEY"));
-    if !key_ok {
-        return Err("tls.key holds no PEM private key".to_owned());
+        .find(|p| p.label.ends_with("PRIVATE KEY"))
+        .ok_or_else(|| "tls.key holds no PEM private key".to_owned())?;
+    if !key_matches(&leaf.public_key().subject_public_key.data, &key) {
+        // Caught here, not by nginx: its message would name a key file, not the Secret.
+        return Err(
+            "tls.key does not belong to the certificate in tls.crt (their public keys differ)"
+                .to_owned(),
+        );
     }
     let validity = leaf.validity();
     let time = |t: &x509_parser::time::ASN1Time| {
@@ -89,6 +94,33 @@ pub fn parse(chain_pem: &[u8], key_pem: &[u8]) -> Result<Certificate, String> {
         chain_ordered,
         self_signed: leaf.issuer() == leaf.subject(),
     })
+}
+
+/// Whether `key` is the private half of the certificate key `public` (the subject public key's
+/// bits). A key rustls cannot read (an RSA key under 2048 bits, an encrypted key) is left to
+/// nginx, which reports what it thinks of it: refusing it here would refuse keys nginx serves.
+fn key_matches(public: &[u8], key: &Pem) -> bool {
+    use rustls::pki_types::{
+        PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
+    };
+    use x509_parser::prelude::FromDer;
+    let der = key.contents.clone();
+    let der = match key.label.as_str() {
+        "PRIVATE KEY" => PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)),
+        "RSA PRIVATE KEY" => PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der)),
+        "EC PRIVATE KEY" => PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(der)),
+        _ => return true,
+    };
+    let Ok(signing) = rustls::crypto::ring::sign::any_supported_type(&der) else {
+        return true;
+    };
+    let Some(derived) = signing.public_key() else {
+        return true;
+    };
+    match x509_parser::x509::SubjectPublicKeyInfo::from_der(derived.as_ref()) {
+        Ok((_, derived)) => derived.subject_public_key.data.as_ref() == public,
+        Err(_) => true,
+    }
 }
 
 /// Whether a certificate name (possibly `*.example.com`) covers `host`.
@@ -197,6 +229,26 @@ mod tests {
             chain_length: 2,
             chain_ordered: true,
             self_signed: false,
+        }
+    }
+
+    fn self_signed(key: &rcgen::KeyPair) -> String {
+        let params = rcgen::CertificateParams::new(vec!["shop.example.com".to_owned()]).unwrap();
+        params.self_signed(key).unwrap().pem()
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_naming_both_fields() {
+        for algorithm in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ED25519] {
+            let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
+            let other = rcgen::KeyPair::generate_for(algorithm).unwrap();
+            let crt = self_signed(&key);
+            assert!(parse(crt.as_bytes(), key.serialize_pem().as_bytes()).is_ok());
+            let error = parse(crt.as_bytes(), other.serialize_pem().as_bytes()).unwrap_err();
+            assert!(
+                error.contains("tls.key does not belong to the certificate in tls.crt"),
+                "{error}"
+            );
         }
     }
 

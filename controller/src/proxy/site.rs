@@ -25,15 +25,22 @@ pub fn access_log_path(id: &str) -> String {
 /// the TLS handshake is refused (`ssl_reject_handshake`): without it nginx answers an unknown
 /// name with the first TLS Proxy's certificate and upstream. A request whose SNI names a Proxy
 /// but whose Host names none also ends there, with 404.
+///
+/// The server-name hash is sized for every name the grammar accepts: a bucket of 512 bytes
+/// holds a 253-character name (nginx's default, 64 on x86-64, refuses one of about 60, and
+/// says so naming no file), and up to 65,536 buckets hold the names of tens of thousands of
+/// Proxies. nginx allocates only the buckets it uses.
 pub fn edge_config() -> String {
     format!(
         "# Managed by InfraPilot: do not edit.\n\
          log_format infrapilot_json escape=json {ACCESS_LOG_FORMAT};\n\
          map $http_upgrade $infrapilot_connection_upgrade {{\n    default upgrade;\n    '' close;\n}}\n\
-         server_names_hash_bucket_size 128;\n\
+         server_names_hash_bucket_size 512;\n\
+         server_names_hash_max_size 65536;\n\
          ssl_session_cache shared:infrapilot_tls:10m;\n\
          ssl_session_timeout 1d;\n\
          ssl_session_tickets off;\n\
+         include /etc/nginx/infrapilot/resolver*.conf;\n\
          server {{\n    listen 80 default_server;\n    server_name _;\n    set $infrapilot_proxy \"\";\n    \
          access_log off;\n    return 404;\n}}\n\
          server {{\n    listen 443 ssl http2 default_server;\n    server_name _;\n    \
@@ -286,11 +293,11 @@ pub fn render(
                 let _ = writeln!(c, "    server {address};");
             }
             let _ = writeln!(c, "    keepalive 16;\n}}");
-            format!("http://{id}")
+            format!("proxy_pass http://{id};")
         }
-        (Target::Url, Some(url)) => url.clone(),
+        (Target::Url, Some(url)) => url_pass(url),
         // A URL target without a URL cannot be built: the reconciler never asks for it.
-        (Target::Url, None) => "http://127.0.0.1:9".to_owned(),
+        (Target::Url, None) => "proxy_pass http://127.0.0.1:9;".to_owned(),
     };
     let hosts: Vec<&str> = settings.hosts.iter().map(Hostname::as_str).collect();
     let hosts = hosts.join(" ");
@@ -343,6 +350,65 @@ pub fn render(
     c
 }
 
+/// The directives that pass a request to a URL upstream (already normalised by the grammar:
+/// `scheme://host[:port][path]`, the path of letters, digits and `._~-/` only).
+///
+/// A URL naming its host by IP address is passed to as written. One naming a host by name goes
+/// through a variable, so nginx resolves the name per request with the edge's resolver instead
+/// of once at load: a name that does not resolve then costs that Proxy's requests a 502, not
+/// the edge its `nginx -t`, its reloads and its start. With a variable nginx no longer puts the
+/// path in front of the request's; the `rewrite` does, as `proxy_pass` with a path does for
+/// `location /`.
+fn url_pass(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return format!("proxy_pass {url};");
+    };
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    if authority.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return format!("proxy_pass {url};");
+    }
+    let mut pass = format!("set $infrapilot_upstream \"{scheme}://{authority}\";\n");
+    if !path.is_empty() && path != "/" {
+        let _ = writeln!(pass, "        rewrite ^/(.*)$ {path}$1 break;");
+    }
+    pass.push_str("        proxy_pass $infrapilot_upstream;");
+    pass
+}
+
+/// The edge's `resolver` directive for the nameservers of its own `/etc/resolv.conf`: Docker's
+/// embedded DNS (127.0.0.11) once the edge is on a user network, the host's otherwise. Only
+/// addresses reach the file; one with a zone (`fe80::1%eth0`), which nginx cannot use, is left
+/// out. No nameserver at all leaves a comment: names in URLs then get 502.
+pub fn resolver_config(resolv_conf: &str) -> String {
+    let servers: Vec<String> = resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+        })
+        .filter_map(|address| match address.parse::<std::net::IpAddr>().ok()? {
+            std::net::IpAddr::V4(v4) => Some(v4.to_string()),
+            std::net::IpAddr::V6(v6) => Some(format!("[{v6}]")),
+        })
+        .collect();
+    if servers.is_empty() {
+        "# Managed by InfraPilot: the edge's /etc/resolv.conf names no nameserver.\n".to_owned()
+    } else {
+        format!(
+            "# Managed by InfraPilot from the edge's /etc/resolv.conf.\nresolver {} valid=10s;\nresolver_timeout 3s;\n",
+            servers.join(" ")
+        )
+    }
+}
+
+/// Where the edge's resolver directive is written ([`resolver_config`]).
+pub const RESOLVER_FILE: &str = "/etc/nginx/infrapilot/resolver.conf";
+
 /// What a server block of a Proxy holds, whether plain or TLS.
 fn site_body(c: &mut String, id: &str, object: &str, settings: &Settings, pass: &str) {
     let _ = writeln!(c, "    set $infrapilot_proxy \"{object}\";");
@@ -383,10 +449,7 @@ fn site_body(c: &mut String, id: &str, object: &str, settings: &Settings, pass: 
                 "        limit_req zone={id}{burst};\n        limit_req_status 429;"
             );
         }
-        let _ = writeln!(
-            c,
-            "        proxy_pass {pass};\n        proxy_http_version 1.1;"
-        );
+        let _ = writeln!(c, "        {pass}\n        proxy_http_version 1.1;");
         let _ = writeln!(
             c,
             "        proxy_set_header Host $host;\n        proxy_set_header X-Real-IP $remote_addr;\n        \

@@ -188,7 +188,8 @@ impl ObjectStore for MemoryObjects {
 
 /// A Docker engine in memory: upstream containers and networks as a test sets them, and the
 /// edge container (`edge`) with its files, whose `nginx -t` rejects any Proxy file containing
-/// `BAD`, naming it as nginx would.
+/// `BAD`, naming it as nginx would, and any containing `HASH`, naming no file (as nginx does
+/// when the server-name hash is too small).
 #[derive(Default)]
 pub struct MemoryDocker {
     pub state: Mutex<DockerState>,
@@ -209,6 +210,8 @@ pub struct DockerState {
     pub files: BTreeMap<String, Vec<u8>>,
     pub uploads: usize,
     pub signals: usize,
+    /// Runs of `nginx -t`.
+    pub tests: usize,
 }
 
 impl MemoryDocker {
@@ -326,10 +329,31 @@ impl Docker for MemoryDocker {
                 output: String::new(),
             });
         }
-        let bad = state.files.iter().find(|(path, content)| {
-            path.starts_with(CONF_DIR) && String::from_utf8_lossy(content).contains("BAD")
-        });
-        Ok(match bad {
+        if let ["cat", path] = argv {
+            return Ok(match state.files.get(*path) {
+                Some(content) => ExecOutput {
+                    exit_code: 0,
+                    output: String::from_utf8_lossy(content).into_owned(),
+                },
+                None => ExecOutput {
+                    exit_code: 1,
+                    output: format!("cat: {path}: No such file or directory"),
+                },
+            });
+        }
+        state.tests += 1;
+        let site = |marker: &str| {
+            state.files.iter().find(|(path, content)| {
+                path.starts_with(CONF_DIR) && String::from_utf8_lossy(content).contains(marker)
+            })
+        };
+        if site("HASH").is_some() {
+            return Ok(ExecOutput {
+                exit_code: 1,
+                output: "nginx: [emerg] could not build server_names_hash, you should increase server_names_hash_bucket_size: 64\nnginx: configuration file /etc/nginx/nginx.conf test failed\n".to_owned(),
+            });
+        }
+        Ok(match site("BAD") {
             Some((path, _)) => ExecOutput {
                 exit_code: 1,
                 output: format!(

@@ -148,8 +148,13 @@ impl Operator {
 
     /// Stops the operator the way a service manager does (SIGTERM) and fails when it does not
     /// exit cleanly within ten seconds, with the end of its log.
-    pub async fn stop(mut self) -> Result<()> {
-        let status = self.process.stop(Duration::from_secs(10)).await;
+    pub async fn stop(self) -> Result<()> {
+        self.stop_within(Duration::from_secs(10)).await
+    }
+
+    /// [`Operator::stop`], failing when it takes longer than `limit`.
+    pub async fn stop_within(mut self, limit: Duration) -> Result<()> {
+        let status = self.process.stop(limit).await;
         match status {
             Ok(status) if status.success() => Ok(()),
             other => anyhow::bail!(

@@ -56,6 +56,18 @@ impl Setup {
             .await;
     }
 
+    /// Removes the edge container as a person would by hand (`docker rm -f`).
+    async fn remove_edge(&self) {
+        let options = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .build();
+        self.docker
+            .client()
+            .remove_container(&self.edge.name, Some(options))
+            .await
+            .expect("removing the edge");
+    }
+
     /// The networks the edge container is on.
     async fn edge_networks(&self) -> Vec<String> {
         let edge = self
@@ -278,14 +290,7 @@ async fn the_edge_removed_by_hand_is_recreated_serving_every_proxy() {
     s.ready("two", "True").await;
     s.wait_for("one.example.test", 200, &app.name).await;
 
-    let options = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
-        .force(true)
-        .build();
-    s.docker
-        .client()
-        .remove_container(&s.edge.name, Some(options))
-        .await
-        .unwrap();
+    s.remove_edge().await;
     s.wait_for("one.example.test", 200, &app.name).await;
     s.wait_for("two.example.test", 200, &app.name).await;
     assert!(
@@ -293,6 +298,63 @@ async fn the_edge_removed_by_hand_is_recreated_serving_every_proxy() {
         "{}",
         s.operator.log()
     );
+    s.operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_url_upstream_is_resolved_per_request_so_a_dead_name_never_stops_the_edge() {
+    let s = setup("proxy-dns").await;
+    let network = s.docker.network("dns").await.unwrap();
+    let app = s
+        .docker
+        .run(ContainerSpec::new(images::APP).network(&network))
+        .await
+        .unwrap();
+    // "by-name" puts the edge on the app's network, where Docker's DNS knows the app by its
+    // container name; "by-url" reaches the same app through that name, resolved by nginx.
+    s.write(
+        "by-name.yaml",
+        &proxy("by-name", "by-name.example.test", &by_name(&app.name), ""),
+    );
+    s.ready("by-name", "True").await;
+    s.write(
+        "by-url.yaml",
+        &proxy(
+            "by-url",
+            "by-url.example.test",
+            &format!("    url: http://{}:8080/\n", app.name),
+            "",
+        ),
+    );
+    s.ready("by-url", "True").await;
+    s.wait_for("by-url.example.test", 200, &app.name).await;
+
+    // A name that never resolves: it loads (no `host not found` at nginx -t) and its requests
+    // get 502, while the others keep serving and changing.
+    s.write(
+        "dead.yaml",
+        &proxy(
+            "dead",
+            "dead.example.test",
+            "    url: http://no-such-host.invalid:8080\n",
+            "",
+        ),
+    );
+    s.ready("dead", "True").await;
+    s.wait_for("dead.example.test", 502, "").await;
+    s.write(
+        "later.yaml",
+        &proxy("later", "later.example.test", &by_name(&app.name), ""),
+    );
+    s.ready("later", "True").await;
+    s.wait_for("later.example.test", 200, &app.name).await;
+
+    // The edge removed by hand comes back with the dead name in it and serves the others,
+    // the URL one included.
+    s.remove_edge().await;
+    s.wait_for("later.example.test", 200, &app.name).await;
+    s.wait_for("by-url.example.test", 200, &app.name).await;
+    s.wait_for("dead.example.test", 502, "").await;
     s.operator.stop().await.unwrap();
 }
 
@@ -529,19 +591,17 @@ async fn a_certificate_from_a_secret_is_served_over_https_with_a_grade() {
     assert!(response.text().await.unwrap().contains(&app.name));
     s.wait_for(host, 301, "").await;
 
-    // A key that does not belong to the certificate is refused by nginx; HTTPS keeps serving.
+    // A key that does not belong to the certificate is refused before nginx sees it, naming
+    // the Secret; HTTPS keeps serving the last good pair.
     let (_, other_key, _) = certificate_for(&s.operator.dir().join("pki-other"), host);
-    s.write(
-        "secret.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: secure-tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
-            indented(&chain),
-            indented(&other_key)
-        ),
-    );
+    s.write("secret.yaml", &tls_secret("secure-tls", &chain, &other_key));
     let refused = s.ready("secure", "False").await;
-    assert_eq!(
-        refused["status"]["conditions"][0]["reason"], "NginxRejected",
+    let condition = &refused["status"]["conditions"][0];
+    assert_eq!(condition["reason"], "InvalidCertificate", "{refused}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Secret default/secure-tls: tls.key does not belong")),
         "{refused}"
     );
     let again = client
@@ -550,6 +610,65 @@ async fn a_certificate_from_a_secret_is_served_over_https_with_a_grade() {
         .await
         .unwrap();
     assert_eq!(again.status(), 200);
+    s.operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_mismatched_key_and_a_long_host_in_one_batch_fail_no_other_proxy() {
+    let s = setup("proxy-batch-faults").await;
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    // 126 characters: more than nginx's default server-name hash bucket holds.
+    let long = format!("{}.{}.test", "a".repeat(60), "b".repeat(60));
+    assert_eq!(long.len(), 126);
+    let keyed = "keyed.example.test";
+    let (chain, key, _) = certificate_for(&s.operator.dir().join("pki"), keyed);
+    let (_, other_key, _) = certificate_for(&s.operator.dir().join("pki-other"), keyed);
+    // All at once, so that they meet in one batch of the edge.
+    let dir = s.operator.manifests();
+    let staged = s.operator.dir().join("staged");
+    std::fs::create_dir_all(&staged).expect("a staging directory");
+    let files = [
+        ("secret.yaml", tls_secret("keyed-tls", &chain, &other_key)),
+        (
+            "keyed.yaml",
+            proxy(
+                "keyed",
+                keyed,
+                &by_name(&app.name),
+                "  tls:\n    secretName: keyed-tls\n",
+            ),
+        ),
+        ("long.yaml", proxy("long", &long, &by_name(&app.name), "")),
+        (
+            "healthy.yaml",
+            proxy("healthy", "healthy.example.test", &by_name(&app.name), ""),
+        ),
+    ];
+    for (file, text) in &files {
+        std::fs::write(staged.join(file), text).expect("staging a manifest");
+    }
+    for (file, _) in &files {
+        std::fs::rename(staged.join(file), dir.join(file)).expect("moving a manifest in");
+    }
+
+    let refused = s.ready("keyed", "False").await;
+    let condition = &refused["status"]["conditions"][0];
+    assert_eq!(condition["reason"], "InvalidCertificate", "{refused}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Secret default/keyed-tls: tls.key does not belong")),
+        "{refused}"
+    );
+    s.ready("long", "True").await;
+    s.ready("healthy", "True").await;
+    s.wait_for("healthy.example.test", 200, &app.name).await;
+    s.wait_for(&long, 200, &app.name).await;
+
+    // The right key is picked up.
+    s.write("secret.yaml", &tls_secret("keyed-tls", &chain, &key));
+    s.ready("keyed", "True").await;
+    s.wait_for(keyed, 301, "").await;
     s.operator.stop().await.unwrap();
 }
 
@@ -741,9 +860,13 @@ async fn an_operator_killed_half_way_converges_without_repeating_side_effects() 
         serde_json::from_slice(&export.stdout).expect("the export is a JSON array");
     // No configuration applied twice. One killed between writing files and recording them
     // was loaded by the restarted operator's single resynchronising reload instead.
-    let resynced = records
-        .iter()
-        .any(|r| r["object"]["kind"] == "Edge" && r["action"] == "nginx.reload");
+    let resynced = records.iter().any(|r| {
+        r["object"]["kind"] == "Edge"
+            && r["action"] == "nginx.reload"
+            && r["target"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("files on disk it had not loaded"))
+    });
     for i in 0..20 {
         let applied = records
             .iter()
@@ -885,6 +1008,85 @@ async fn a_failed_issuance_is_reported_with_its_attempts() {
 }
 
 /// A Proxy in `namespace`, as [`proxy`] writes one in `default`.
+/// Accepts connections and never answers; counts them.
+fn black_hole() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn an_acme_server_that_never_answers_fails_on_its_deadline_and_holds_up_nothing() {
+    use std::sync::atomic::Ordering;
+    let s = setup("proxy-acme-black-hole").await;
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    let (port, accepted) = black_hole();
+    let stuck = |name: &str| {
+        proxy(
+            name,
+            &format!("{name}.example.test"),
+            &by_name(&app.name),
+            &format!(
+                "  tls:\n    acme:\n      email: ops@example.test\n      server: https://127.0.0.1:{port}/dir\n"
+            ),
+        )
+    };
+    s.write("stuck.yaml", &stuck("stuck"));
+    let in_flight = |n: usize| {
+        let accepted = accepted.clone();
+        async move {
+            eventually(
+                "a connection to the black hole",
+                Duration::from_secs(30),
+                || async {
+                    let seen = accepted.load(Ordering::SeqCst);
+                    if seen >= n {
+                        Ok(())
+                    } else {
+                        Err(format!("{seen} connections"))
+                    }
+                },
+            )
+            .await
+        }
+    };
+    in_flight(1).await;
+    // While that issuance waits, a neighbour is created and served.
+    s.write(
+        "plain.yaml",
+        &proxy("plain", "plain.example.test", &by_name(&app.name), ""),
+    );
+    s.wait_for("plain.example.test", 200, &app.name).await;
+    let failed = s.ready("stuck", "False").await;
+    let condition = &failed["status"]["conditions"][0];
+    assert_eq!(condition["reason"], "IssuanceFailed", "{failed}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("within 10 s")),
+        "{failed}"
+    );
+
+    // The failed one waits for its backoff; a new Proxy issues at once, and SIGTERM in the
+    // middle of its issuance still ends the operator within the request deadline.
+    let before = accepted.load(Ordering::SeqCst);
+    s.write("stuck2.yaml", &stuck("stuck2"));
+    in_flight(before + 1).await;
+    s.operator
+        .stop_within(Duration::from_secs(15))
+        .await
+        .unwrap();
+}
+
 fn proxy_in(namespace: &str, name: &str, host: &str, container: &str) -> String {
     proxy(name, host, &by_name(container), "").replacen(
         "metadata:\n",

@@ -90,6 +90,54 @@ fn a_url_upstream_is_passed_to_as_rebuilt() {
 }
 
 #[test]
+fn a_url_upstream_named_by_host_is_resolved_per_request_keeping_its_path() {
+    let render_url = |url: &str| {
+        let settings = Settings::from_spec(&spec(&format!(
+            "hosts: [api.example.com]\nupstream:\n  url: {url}\n"
+        )))
+        .unwrap();
+        render("pabc", "default/api", &settings, &Target::Url, false)
+    };
+    let config = render_url("https://api.internal:9443/v1/");
+    assert!(
+        config.contains(
+            "set $infrapilot_upstream \"https://api.internal:9443\";\n        \
+             rewrite ^/(.*)$ /v1/$1 break;\n        proxy_pass $infrapilot_upstream;"
+        ),
+        "{config}"
+    );
+    // No path: the request's URI goes as it came, no rewrite.
+    let config = render_url("http://api.internal");
+    assert!(!config.contains("rewrite"), "{config}");
+    assert!(
+        config.contains("proxy_pass $infrapilot_upstream;"),
+        "{config}"
+    );
+    // An IPv6 literal needs no resolver either.
+    let config = render_url("http://[fd00::5]:80");
+    assert!(
+        config.contains("proxy_pass http://[fd00::5]:80;"),
+        "{config}"
+    );
+}
+
+#[test]
+fn the_resolver_takes_only_addresses_from_resolv_conf() {
+    assert_eq!(
+        resolver_config("# generated\nnameserver 127.0.0.11\noptions ndots:0\n"),
+        "# Managed by InfraPilot from the edge's /etc/resolv.conf.\nresolver 127.0.0.11 valid=10s;\nresolver_timeout 3s;\n"
+    );
+    let config = resolver_config(
+        "nameserver 2001:db8::53\nnameserver fe80::1%eth0\nnameserver evil;include\nnameserver 10.0.0.2",
+    );
+    assert!(
+        config.contains("resolver [2001:db8::53] 10.0.0.2 valid=10s;"),
+        "{config}"
+    );
+    assert!(!resolver_config("search example.com\n").contains("resolver "));
+}
+
+#[test]
 fn every_bad_value_is_reported_with_its_field() {
     let errors = Settings::from_spec(&spec(
         "hosts: [ok.example.com, Bad_Host]\nupstream: {name: shop, port: 80}\n\
@@ -147,6 +195,16 @@ fn injection_attempts_never_reach_the_configuration() {
                 "{base}headers: {{response: {{X-A: {value}}}}}\n"
             )))
         };
+        // Header values are quoted, not refused, unless they hold `$` or a control character:
+        // a payload the grammar refuses is checked to be refused for that, never skipped.
+        let refusable = payload.contains('$') || payload.chars().any(char::is_control);
+        match header(payload) {
+            Err(errors) => {
+                assert!(refusable, "refused {payload:?}: {errors:?}");
+                continue;
+            }
+            Ok(_) => assert!(!refusable, "accepted {payload:?}"),
+        }
         if let Ok(settings) = header(payload) {
             let config = render("pabc", "default/x", &settings, &target, false);
             let benign = render(

@@ -370,9 +370,21 @@ fn acme(
             issue: None,
         })
     } else {
+        // The failure that started the wait says why; "waiting" alone would hide it.
+        let last = proxy
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.get(crate::status::READY))
+            .filter(|ready| ready.reason == "IssuanceFailed")
+            .map(|ready| ready.message.clone());
+        let message = match (last, retry_at) {
+            (Some(last), _) if last.starts_with("the certificate could not be issued") => last,
+            (_, Some(at)) => format!("waiting to retry the issuance at {at}"),
+            _ => "waiting to retry the issuance".to_owned(),
+        };
         Err(Stop::new(
             "IssuanceFailed",
-            "waiting to retry the issuance".to_owned(),
+            message,
             Category::Acme,
             Requeue::After(RECHECK),
         ))
