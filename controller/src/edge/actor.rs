@@ -56,6 +56,7 @@ impl Batch {
     fn add(&mut self, request: Request) {
         match request {
             // Answered before batching (see `Owner::run`).
+            Request::Warm => {}
             Request::Challenge(_, _, reply) => {
                 let _ = reply.send(Err(EdgeError::Stopped));
             }
@@ -90,6 +91,14 @@ impl Owner {
                     let Some(request) = request else { break };
                     // Challenges and questions are answered at once: they change no configuration.
                     let request = match request {
+                        Request::Warm => {
+                            if self.container.is_none()
+                                && let Err(error) = self.ensure_running(None).await
+                            {
+                                warn!(edge = %self.options.name, "cannot start the edge: {error}");
+                            }
+                            continue;
+                        }
                         Request::Challenge(token, answer, reply) => {
                             let _ = reply.send(self.publish_challenge(&token, &answer).await);
                             continue;

@@ -284,7 +284,7 @@ impl Owner {
     /// Proxy, keeping every group that passes. Rejecting the whole batch instead would fail
     /// every Proxy of it with one Proxy's message, and the batch would meet again at every
     /// resync.
-    async fn validate(
+    pub(super) async fn validate(
         &self,
         container: &str,
         writes: &BTreeMap<String, Wanted>,
@@ -347,7 +347,7 @@ impl Owner {
     }
 
     /// Writes the wanted files of `ids`.
-    async fn put(
+    pub(super) async fn put(
         &self,
         container: &str,
         ids: &[String],

@@ -18,6 +18,7 @@ use crate::docker::Docker;
 type FilesReply = oneshot::Sender<Result<Vec<(String, Vec<u8>)>, EdgeError>>;
 
 pub(super) enum Request {
+    Warm,
     Apply(Wanted, oneshot::Sender<Result<Served, EdgeError>>),
     Remove(String, ObjectRef, oneshot::Sender<Result<(), EdgeError>>),
     Challenge(String, String, oneshot::Sender<Result<(), EdgeError>>),
@@ -33,10 +34,13 @@ pub(super) enum Request {
 #[derive(Clone, Debug)]
 pub struct Edge {
     requests: mpsc::UnboundedSender<Request>,
+    /// Whether [`EdgeApi::warm`] was asked for already: once is enough.
+    warmed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Edge {
-    /// Starts the task that owns the edge. Nothing touches Docker before the first request.
+    /// Starts the task that owns the edge. Nothing touches Docker before the first request
+    /// (the first Proxy's [`EdgeApi::warm`]): an operator with no Proxy runs no edge.
     pub fn start(docker: Arc<dyn Docker>, options: EdgeOptions, audit: Arc<dyn Audit>) -> Self {
         let (requests, receiver) = mpsc::unbounded_channel();
         let owner = Owner {
@@ -50,7 +54,10 @@ impl Edge {
             resolver: None,
         };
         tokio::spawn(owner.run(receiver));
-        Self { requests }
+        Self {
+            requests,
+            warmed: Arc::default(),
+        }
     }
 }
 
@@ -70,6 +77,12 @@ impl EdgeApi for Edge {
             .send(Request::Remove(id.to_owned(), object, reply))
             .map_err(|_| EdgeError::Stopped)?;
         answer.await.map_err(|_| EdgeError::Stopped)?
+    }
+
+    fn warm(&self) {
+        if !self.warmed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let _ = self.requests.send(Request::Warm);
+        }
     }
 
     async fn publish_challenge(&self, token: &str, answer: &str) -> Result<(), EdgeError> {

@@ -111,6 +111,10 @@ pub trait EdgeApi: Send + Sync {
     async fn apply(&self, wanted: Wanted) -> Result<Served, EdgeError>;
     /// Stops serving the Proxy `id`.
     async fn remove(&self, id: &str, object: ObjectRef) -> Result<(), EdgeError>;
+    /// Asks for the edge to be running soon, without waiting: a Proxy exists, so the edge will
+    /// be needed, and starting it (about a second) then overlaps the Proxies reconciled before
+    /// the first that is served.
+    fn warm(&self);
     /// Serves an ACME HTTP-01 answer at `/.well-known/acme-challenge/<token>` (no reload).
     async fn publish_challenge(&self, token: &str, answer: &str) -> Result<(), EdgeError>;
     /// The files (certificate and key) the edge serves for the Proxy `id`, if any.

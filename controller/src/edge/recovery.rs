@@ -10,20 +10,20 @@ use tracing::{info, warn};
 
 use super::actor::{Live, Owner};
 use super::apply::{file_path, nginx_message, rejected_id};
-use super::{CONF_DIR, EdgeError, MANAGED_BY, MANAGED_BY_VALUE};
+use super::{CONF_DIR, EdgeError, MANAGED_BY, MANAGED_BY_VALUE, Wanted};
 use crate::audit::ObjectRef;
 use crate::docker::NewContainer;
 use crate::proxy::site;
 
 const COMPONENT: &str = "infrapilot.io/component";
-const EDGE_FILE: &str = "infrapilot-00-edge.conf";
+pub(super) const EDGE_FILE: &str = "infrapilot-00-edge.conf";
 /// Written after every reload: the digest of the Proxy files nginx then loaded. An operator
 /// killed between writing files and reloading leaves files on disk that nginx never loaded;
 /// a digest that does not match tells the next operator to validate and reload once.
 pub(super) const APPLIED_MARKER: &str = "/etc/nginx/infrapilot/applied";
 
 /// The digest of what is live: every Proxy's configuration and files.
-fn digest(live: &BTreeMap<String, Live>) -> String {
+pub(super) fn digest(live: &BTreeMap<String, Live>) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     for (id, site) in live {
@@ -191,11 +191,9 @@ impl Owner {
             // Docker creates the parent directories of archived files.
             (format!("{}/.keep", site::ACCESS_LOG_DIR), Vec::new()),
         ];
-        for (id, live) in &self.live {
-            files.extend(live.files.iter().cloned());
-            files.push((file_path(id), live.config.clone().into_bytes()));
-        }
-        // Files written before nginx starts are what it loads.
+        // nginx starts with the edge's own files only, so it always starts, whatever a Proxy's
+        // file holds now; the Proxies' files follow, validated like any batch.
+        let sites = std::mem::take(&mut self.live);
         files.push((APPLIED_MARKER.to_owned(), digest(&self.live).into_bytes()));
         let container = NewContainer {
             name: self.options.name.clone(),
@@ -225,9 +223,65 @@ impl Owner {
             self.docker.connect(&network, &id).await?;
         }
         // Docker writes /etc/resolv.conf as the container starts and joins networks: only now
-        // can the resolver be known. Until this reload, a URL upstream named by host gets 502.
+        // can the resolver be known.
         self.resolver = None;
-        self.refresh_resolver(&id).await?;
+        self.write_resolver(&id).await?;
+        self.restore_sites(&id, sites).await
+    }
+
+    /// Puts every Proxy that was live back into a new edge: the files nginx refuses (a TLS pair
+    /// swapped on disk, say) are found as in any batch and left out, and the rest is loaded in
+    /// one reload. A Proxy left out is logged and audited here, and refused with nginx's
+    /// message when next reconciled, since it is then no longer live.
+    async fn restore_sites(
+        &mut self,
+        container: &str,
+        sites: BTreeMap<String, Live>,
+    ) -> Result<(), EdgeError> {
+        let edge = ObjectRef {
+            kind: "Edge".to_owned(),
+            namespace: None,
+            name: self.options.name.clone(),
+            uid: String::new(),
+            generation: 0,
+        };
+        let writes: BTreeMap<String, Wanted> = sites
+            .iter()
+            .map(|(id, live)| {
+                let wanted = Wanted {
+                    id: id.clone(),
+                    object: live.object.clone().unwrap_or_else(|| edge.clone()),
+                    config: live.config.clone(),
+                    networks: live.networks.clone(),
+                    files: live.files.clone(),
+                };
+                (id.clone(), wanted)
+            })
+            .collect();
+        let ids: Vec<String> = writes.keys().cloned().collect();
+        if !ids.is_empty() {
+            self.put(container, &ids, &writes).await?;
+        }
+        let (rejected, valid) = self.validate(container, &writes).await?;
+        for (id, message) in &rejected {
+            warn!(edge = %self.options.name, proxy = %id, "left out of the new edge: nginx refuses its files: {message}");
+            let target = format!(
+                "edge {}: conf.d/{}",
+                self.options.name,
+                super::apply::file_name(id)
+            );
+            let object = sites.get(id).and_then(|l| l.object.as_ref());
+            self.audit(object, "nginx.config.apply", &target, &Err(message.clone()))
+                .await;
+        }
+        self.live = sites
+            .into_iter()
+            .filter(|(id, _)| !rejected.contains_key(id))
+            .collect();
+        if valid {
+            self.reload(container, "created with every Proxy").await?;
+            self.write_marker(container).await?;
+        }
         Ok(())
     }
 }

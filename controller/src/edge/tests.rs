@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::actor::Live;
 use super::apply::{Diff, diff, file_path, nginx_message};
-use super::recovery::APPLIED_MARKER;
+use super::recovery::{APPLIED_MARKER, EDGE_FILE, digest};
 use super::*;
 use crate::audit::ObjectRef;
 use crate::docker::{Docker, DockerError, NewContainer};
@@ -246,6 +246,67 @@ async fn one_fault_naming_no_file_in_a_large_batch_costs_a_few_tests_not_one_per
     let tests = docker.state.lock().unwrap().tests;
     // Halving 63 changes down to one: two tests per level, six levels, and a few around.
     assert!(tests <= 20, "{tests} runs of nginx -t for 64 changes");
+}
+
+#[tokio::test]
+async fn a_recreated_edge_starts_and_leaves_out_only_the_files_nginx_refuses() {
+    let docker = Arc::new(MemoryDocker::default());
+    // An edge from an earlier run serving two Proxies.
+    let live = |config: &str| Live {
+        config: config.to_owned(),
+        networks: Vec::new(),
+        files: Vec::new(),
+        object: None,
+    };
+    let sites = BTreeMap::from([
+        ("pbad".to_owned(), live("server refused-later")),
+        ("pgood".to_owned(), live("server good")),
+    ]);
+    {
+        let mut state = docker.state.lock().unwrap();
+        state.created = 1;
+        state.files = BTreeMap::from([
+            (
+                format!("{CONF_DIR}/{EDGE_FILE}"),
+                crate::proxy::site::edge_config().into_bytes(),
+            ),
+            (file_path("pbad"), b"server refused-later".to_vec()),
+            (file_path("pgood"), b"server good".to_vec()),
+            (APPLIED_MARKER.to_owned(), digest(&sites).into_bytes()),
+        ]);
+    }
+    let edge = edge(docker.clone());
+    assert_eq!(
+        edge.apply(wanted("pone", "server one")).await,
+        Ok(Served::Serving)
+    );
+    assert!(
+        docker
+            .state
+            .lock()
+            .unwrap()
+            .files
+            .contains_key(&file_path("pbad"))
+    );
+
+    // The edge stops, and what nginx accepts changes (a new image): the next change recreates
+    // it, and one of the Proxies no longer passes.
+    {
+        let mut state = docker.state.lock().unwrap();
+        state.edge_stopped = true;
+        state.refuse = Some("refused-later".to_owned());
+    }
+    assert_eq!(
+        edge.apply(wanted("ptwo", "server two")).await,
+        Ok(Served::Serving)
+    );
+    let state = docker.state.lock().unwrap();
+    assert_eq!(state.created, 1, "recreated once");
+    for id in ["pgood", "pone", "ptwo"] {
+        assert!(state.files.contains_key(&file_path(id)), "{id} is served");
+    }
+    assert!(!state.files.contains_key(&file_path("pbad")));
+    assert!(state.signals >= 1);
 }
 
 #[tokio::test]

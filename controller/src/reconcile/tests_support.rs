@@ -212,6 +212,11 @@ pub struct DockerState {
     pub signals: usize,
     /// Runs of `nginx -t`.
     pub tests: usize,
+    /// The edge exists but has stopped; removing it clears this and its files.
+    pub edge_stopped: bool,
+    /// `nginx -t` also refuses site files containing this, naming them (what nginx accepts
+    /// changed: a new image, say).
+    pub refuse: Option<String>,
 }
 
 impl MemoryDocker {
@@ -251,7 +256,7 @@ impl Docker for MemoryDocker {
             (state.created > 0 && (name == "edge" || name == "edge-id")).then(|| ContainerFacts {
                 id: "edge-id".to_owned(),
                 name: "edge".to_owned(),
-                running: true,
+                running: !state.edge_stopped,
                 labels: BTreeMap::from([(MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned())]),
                 ..Default::default()
             }),
@@ -287,7 +292,13 @@ impl Docker for MemoryDocker {
         Ok("edge-id".to_owned())
     }
 
-    async fn remove(&self, _: &str) -> Result<(), DockerError> {
+    async fn remove(&self, container: &str) -> Result<(), DockerError> {
+        let mut state = self.state.lock().unwrap();
+        if container == "edge-id" {
+            state.edge_stopped = false;
+            state.created = 0;
+            state.files.clear();
+        }
         Ok(())
     }
 
@@ -353,7 +364,9 @@ impl Docker for MemoryDocker {
                 output: "nginx: [emerg] could not build server_names_hash, you should increase server_names_hash_bucket_size: 64\nnginx: configuration file /etc/nginx/nginx.conf test failed\n".to_owned(),
             });
         }
-        Ok(match site("BAD") {
+        let refused = state.refuse.clone();
+        let bad = site("BAD").or_else(|| refused.as_deref().and_then(site));
+        Ok(match bad {
             Some((path, _)) => ExecOutput {
                 exit_code: 1,
                 output: format!(
@@ -400,6 +413,8 @@ pub struct MemoryEdge {
 
 #[async_trait]
 impl EdgeApi for MemoryEdge {
+    fn warm(&self) {}
+
     async fn apply(&self, wanted: Wanted) -> Result<Served, EdgeError> {
         self.applied.lock().unwrap().push(wanted.clone());
         let mut answers = self.answers.lock().unwrap();

@@ -173,6 +173,7 @@ impl Reconciler for Proxies {
 
     async fn reconcile(&self, proxy: &Proxy, ctx: &Context) -> Applied<ProxyStatus> {
         let now = (ctx.now)();
+        self.edge.warm();
         if let Ok(mut sent) = self.sent_back.lock() {
             sent.remove(&proxy_key(proxy));
         }
