@@ -71,7 +71,7 @@ docker_build() { # name context tag hash
 }
 
 build_nginx() {
-  rootfs_image nginx nginx-light infrapilot-test/nginx-rootfs:local
+  rootfs_image nginx nginx-light,ca-certificates infrapilot-test/nginx-rootfs:local
   local hash; hash=$(recipe_hash tests/images/nginx/*)-$(image_label infrapilot-test/nginx-rootfs:local infrapilot.io/recipe)
   if image_is_current "$NGINX_TAG" "$hash"; then log "reusing $NGINX_TAG"; return; fi
   docker_build nginx "$IMAGES/nginx" "$NGINX_TAG" "$hash"

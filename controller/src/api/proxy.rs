@@ -113,6 +113,8 @@ pub struct ProxySpec {
     {"rule": "[has(self.name), has(self.selector), has(self.url)].filter(x, x).size() == 1",
      "message": "exactly one of name, selector or url must be set"},
     {"rule": "has(self.url) || has(self.port)", "message": "port is required for a container upstream"},
+    {"rule": "!has(self.tls) || (has(self.url) && self.url.startsWith('https://'))",
+     "message": "tls applies to an https:// url only"},
 ]))]
 pub struct Upstream {
     /// Name of the Docker container.
@@ -142,6 +144,38 @@ pub struct Upstream {
         length(max = 2048)
     )]
     pub url: Option<String>,
+
+    /// How the edge verifies an `https://` URL upstream. Without it the upstream's certificate
+    /// must chain to the edge's system CAs and name the URL's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// Verification of an HTTPS upstream's certificate: by the edge's system CAs unless `caBundle`
+/// names others; `insecureSkipVerify` turns it off, and the status says so.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.caBundle) && has(self.insecureSkipVerify) && self.insecureSkipVerify)",
+     "message": "caBundle and insecureSkipVerify exclude each other"},
+]))]
+pub struct UpstreamTls {
+    /// PEM CA certificates the upstream's certificate must chain to, instead of the system CAs
+    /// (for a private CA or a self-signed upstream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 262144))]
+    pub ca_bundle: Option<String>,
+
+    /// The name verified in the upstream's certificate and sent as SNI; defaults to the URL's
+    /// host (needed when the URL names an IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub server_name: Option<String>,
+
+    /// Accept any certificate from the upstream. Traffic stays encrypted but anyone on the path
+    /// can impersonate the upstream; shown in the status as `upstream.verification: Skipped`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
 }
 
 /// TLS for a Proxy: a certificate from `secretName` or from `acme`, not both.
@@ -337,6 +371,13 @@ pub struct UpstreamStatus {
     /// The network the address belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// How an HTTPS upstream's certificate is checked: `SystemCAs`, `CABundle` or `Skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
+    /// Why the upstream cannot be reached now although its configuration is served (a URL
+    /// whose name does not resolve from the edge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// The served certificate and its renewal.

@@ -31,20 +31,35 @@ pub(super) enum Request {
 }
 
 /// The handle reconcilers hold; the edge task runs while one exists.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Edge {
     requests: mpsc::UnboundedSender<Request>,
     /// Whether [`EdgeApi::warm`] was asked for already: once is enough.
     warmed: Arc<std::sync::atomic::AtomicBool>,
+    /// For [`EdgeApi::resolves`], which asks the edge container directly: a lookup can take
+    /// seconds and must not hold up the task that applies every Proxy's changes.
+    docker: Arc<dyn Docker>,
+    name: String,
 }
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge").field("name", &self.name).finish()
+    }
+}
+
+/// How long a name lookup in the edge may take: nginx's own `resolver_timeout` (3 s) plus
+/// the time to start the process.
+const LOOKUP_SECONDS: &str = "5";
 
 impl Edge {
     /// Starts the task that owns the edge. Nothing touches Docker before the first request
     /// (the first Proxy's [`EdgeApi::warm`]): an operator with no Proxy runs no edge.
     pub fn start(docker: Arc<dyn Docker>, options: EdgeOptions, audit: Arc<dyn Audit>) -> Self {
         let (requests, receiver) = mpsc::unbounded_channel();
+        let name = options.name.clone();
         let owner = Owner {
-            docker,
+            docker: docker.clone(),
             options,
             audit,
             container: None,
@@ -57,6 +72,8 @@ impl Edge {
         Self {
             requests,
             warmed: Arc::default(),
+            docker,
+            name,
         }
     }
 }
@@ -103,6 +120,26 @@ impl EdgeApi for Edge {
             .send(Request::Files(id.to_owned(), reply))
             .map_err(|_| EdgeError::Stopped)?;
         answer.await.map_err(|_| EdgeError::Stopped)?
+    }
+
+    async fn resolves(&self, host: &str) -> Result<Option<bool>, EdgeError> {
+        // `getent ahosts` asks the resolver of the edge's /etc/resolv.conf, the nameservers
+        // nginx's `resolver` is written from. The host is an argument, never a shell word.
+        let argv = ["timeout", LOOKUP_SECONDS, "getent", "ahosts", host];
+        let output = match self.docker.exec(&self.name, &argv).await {
+            Ok(output) => output,
+            // Not created yet, or gone: the edge's own check brings it back.
+            Err(
+                crate::docker::DockerError::NotFound(_) | crate::docker::DockerError::Conflict(_),
+            ) => return Ok(None),
+            Err(error) => return Err(EdgeError::Docker(error)),
+        };
+        Ok(match output.exit_code {
+            0 => Some(true),
+            // getent: "key not found"; timeout: the lookup did not finish in time.
+            2 | 124 => Some(false),
+            _ => None,
+        })
     }
 
     async fn acme_state(

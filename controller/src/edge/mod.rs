@@ -119,6 +119,10 @@ pub trait EdgeApi: Send + Sync {
     async fn publish_challenge(&self, token: &str, answer: &str) -> Result<(), EdgeError>;
     /// The files (certificate and key) the edge serves for the Proxy `id`, if any.
     async fn files(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>, EdgeError>;
+    /// Whether `host` (a name that passed the hostname grammar) resolves inside the edge, as
+    /// nginx resolves a URL upstream per request: `Ok(None)` when the edge cannot tell (not
+    /// running yet, no `getent` in its image).
+    async fn resolves(&self, host: &str) -> Result<Option<bool>, EdgeError>;
     /// Reads or writes a file of the edge's ACME state (account credentials): `name` is a
     /// plain name under [`ACME_STATE_DIR`].
     async fn acme_state(

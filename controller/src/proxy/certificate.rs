@@ -136,14 +136,30 @@ pub fn covers(name: &str, host: &str) -> bool {
 /// HSTS long enough to count (SSL Labs asks for six months).
 const HSTS_MIN_SECONDS: u64 = 180 * 24 * 3600;
 
-/// The grade of a Proxy's TLS, A+ to F, with the reasons it is not higher.
+/// What besides the certificate a grade depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct Setup {
+    pub policy: TlsPolicy,
+    pub hsts_seconds: Option<u64>,
+    /// `upstream.tls.insecureSkipVerify`: the hop behind the edge can be impersonated.
+    pub upstream_unverified: bool,
+}
+
+/// The grade of a Proxy's TLS, A+ to F, with the reasons it is not higher: F for a certificate
+/// clients refuse, B at most for a chain out of order, a certificate about to expire or an
+/// HTTPS upstream that is not verified, A at most without HSTS of six months or with TLS 1.2
+/// accepted (`Intermediate`, Mozilla's advice for older clients; A+ needs `Modern`).
 pub fn grade(
     certificate: &Certificate,
     hosts: &[&str],
-    policy: TlsPolicy,
-    hsts_seconds: Option<u64>,
+    setup: Setup,
     now: Timestamp,
 ) -> (String, Vec<String>) {
+    let Setup {
+        policy,
+        hsts_seconds,
+        upstream_unverified,
+    } = setup;
     let mut failing = Vec::new();
     let mut capped = Vec::new();
     let mut minor = Vec::new();
@@ -186,13 +202,21 @@ pub fn grade(
     if days_left < 14 && now <= certificate.not_after {
         capped.push(format!("the certificate expires in {days_left} days"));
     }
+    if upstream_unverified {
+        capped.push(
+            "the HTTPS upstream's certificate is not verified (upstream.tls.insecureSkipVerify)"
+                .to_owned(),
+        );
+    }
     match hsts_seconds {
         Some(seconds) if seconds >= HSTS_MIN_SECONDS => {}
         Some(_) => minor.push("HSTS max-age is under six months".to_owned()),
         None => minor.push("no HSTS".to_owned()),
     }
     if policy == TlsPolicy::Intermediate {
-        // Not a fault: Intermediate keeps TLS 1.2 for older clients, as Mozilla advises.
+        minor.push(
+            "TLS 1.2 is accepted (policy Intermediate; Modern serves TLS 1.3 only)".to_owned(),
+        );
     }
     let grade = if !failing.is_empty() {
         "F"
@@ -215,6 +239,14 @@ mod tests {
 
     fn at(day: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + day * 86_400).unwrap()
+    }
+
+    fn setup(policy: TlsPolicy, hsts_seconds: Option<u64>) -> Setup {
+        Setup {
+            policy,
+            hsts_seconds,
+            upstream_unverified: false,
+        }
     }
 
     fn certificate() -> Certificate {
@@ -265,11 +297,20 @@ mod tests {
         let year = Some(365 * 86_400);
         let hosts = ["shop.example.com", "www.shop.example.com"];
         assert_eq!(
-            grade(&certificate(), &hosts, TlsPolicy::Modern, year, at(0)),
+            grade(
+                &certificate(),
+                &hosts,
+                setup(TlsPolicy::Modern, year),
+                at(0)
+            ),
             ("A+".to_owned(), vec![])
         );
-        let (grade_without, reasons) =
-            grade(&certificate(), &hosts, TlsPolicy::Intermediate, None, at(0));
+        let (grade_without, reasons) = grade(
+            &certificate(),
+            &hosts,
+            setup(TlsPolicy::Modern, None),
+            at(0),
+        );
         assert_eq!(
             (grade_without.as_str(), reasons),
             ("A", vec!["no HSTS".to_owned()])
@@ -280,16 +321,25 @@ mod tests {
     fn faults_lower_the_grade_and_say_why() {
         let year = Some(365 * 86_400);
         let hosts = ["shop.example.com"];
-        let (g, reasons) = grade(&certificate(), &hosts, TlsPolicy::Modern, year, at(75));
+        let (g, reasons) = grade(
+            &certificate(),
+            &hosts,
+            setup(TlsPolicy::Modern, year),
+            at(75),
+        );
         assert_eq!(g, "B");
         assert_eq!(reasons, ["the certificate expires in 5 days"]);
-        let (g, _) = grade(&certificate(), &hosts, TlsPolicy::Modern, year, at(81));
+        let (g, _) = grade(
+            &certificate(),
+            &hosts,
+            setup(TlsPolicy::Modern, year),
+            at(81),
+        );
         assert_eq!(g, "F");
         let (g, reasons) = grade(
             &certificate(),
             &["blog.example.com"],
-            TlsPolicy::Modern,
-            year,
+            setup(TlsPolicy::Modern, year),
             at(0),
         );
         assert_eq!(
@@ -301,7 +351,7 @@ mod tests {
             self_signed: true,
             ..certificate()
         };
-        let (g, reasons) = grade(&weak, &hosts, TlsPolicy::Modern, year, at(0));
+        let (g, reasons) = grade(&weak, &hosts, setup(TlsPolicy::Modern, year), at(0));
         assert_eq!(g, "F");
         assert_eq!(reasons.len(), 2, "{reasons:?}");
     }

@@ -66,6 +66,57 @@ pub struct Settings {
     pub response_headers: Vec<(String, String)>,
     pub suspend: bool,
     pub tls: Option<TlsSettings>,
+    /// How an `https://` URL upstream is verified; `None` for every other upstream.
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// How the edge checks an HTTPS upstream's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name verified in the certificate and sent as SNI (a checked hostname).
+    pub name: String,
+    pub verify: Verify,
+}
+
+/// Against which CAs an HTTPS upstream is verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// The edge image's CA bundle ([`SYSTEM_CAS`]).
+    SystemCas,
+    /// `upstream.tls.caBundle`, checked as PEM certificates, written next to the Proxy's
+    /// certificate ([`upstream_ca_path`]).
+    Bundle(Vec<u8>),
+    /// `upstream.tls.insecureSkipVerify`.
+    Skip,
+}
+
+impl Verify {
+    /// How the status names it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::SystemCas => "SystemCAs",
+            Self::Bundle(_) => "CABundle",
+            Self::Skip => "Skipped",
+        }
+    }
+}
+
+/// The CA bundle of Debian-based images such as the official `nginx` image, which the edge
+/// runs by default; an edge image without it refuses HTTPS upstreams verified by system CAs
+/// at `nginx -t`, naming the Proxy's file.
+pub const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Where a Proxy's `upstream.tls.caBundle` lives inside the edge.
+pub fn upstream_ca_path(id: &str) -> String {
+    format!("{TLS_DIR}/{id}.upstream-ca.crt")
+}
+
+/// The Proxy's files that come from its spec alone (not from a Secret or ACME).
+pub fn spec_files(id: &str, settings: &Settings) -> Vec<(String, Vec<u8>)> {
+    match settings.upstream_tls.as_ref().map(|t| &t.verify) {
+        Some(Verify::Bundle(pem)) => vec![(upstream_ca_path(id), pem.clone())],
+        _ => Vec::new(),
+    }
 }
 
 /// How a Proxy serves HTTPS.
@@ -172,6 +223,9 @@ impl Settings {
                 hsts,
             }
         });
+        let upstream_tls = url
+            .as_deref()
+            .and_then(|url| check.upstream_tls(url, spec.upstream.tls.as_ref()));
         if !check.errors.is_empty() {
             return Err(check.errors);
         }
@@ -188,6 +242,7 @@ impl Settings {
             response_headers,
             suspend: spec.suspend,
             tls,
+            upstream_tls,
         })
     }
 }
@@ -210,6 +265,63 @@ impl Checker {
             .collect()
     }
 
+    /// The verification of the (already checked) `url`, when it is HTTPS.
+    fn upstream_tls(
+        &mut self,
+        url: &str,
+        tls: Option<&crate::api::proxy::UpstreamTls>,
+    ) -> Option<UpstreamTls> {
+        let Some(rest) = url.strip_prefix("https://") else {
+            if tls.is_some() {
+                self.keep::<()>(Err(Invalid {
+                    field: "spec.upstream.tls".to_owned(),
+                    reason: "applies to an https:// url only".to_owned(),
+                }));
+            }
+            return None;
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = if authority.starts_with('[') {
+            authority
+                .split_once(']')
+                .map_or(authority, |(h, _)| h)
+                .trim_start_matches('[')
+        } else {
+            authority.split(':').next().unwrap_or_default()
+        };
+        let name = match tls.and_then(|t| t.server_name.as_deref()) {
+            Some(name) => {
+                let field = "spec.upstream.tls.serverName";
+                let name = self.keep(Hostname::parse(field, name))?;
+                if name.as_str().starts_with("*.") {
+                    self.keep::<()>(Err(Invalid {
+                        field: field.to_owned(),
+                        reason: format!("{:?} must name one host, not a wildcard", name.as_str()),
+                    }));
+                    return None;
+                }
+                name.as_str().to_owned()
+            }
+            None => host.to_owned(),
+        };
+        let verify = match tls {
+            Some(t) if t.insecure_skip_verify && t.ca_bundle.is_some() => {
+                self.keep::<()>(Err(Invalid {
+                    field: "spec.upstream.tls".to_owned(),
+                    reason: "caBundle and insecureSkipVerify exclude each other".to_owned(),
+                }));
+                return None;
+            }
+            Some(t) if t.insecure_skip_verify => Verify::Skip,
+            Some(crate::api::proxy::UpstreamTls {
+                ca_bundle: Some(pem),
+                ..
+            }) => Verify::Bundle(self.keep(ca_bundle("spec.upstream.tls.caBundle", pem))?),
+            _ => Verify::SystemCas,
+        };
+        Some(UpstreamTls { name, verify })
+    }
+
     fn timeout(&mut self, name: &str, value: Option<&str>) -> Option<u64> {
         value.and_then(|v| self.keep(grammar::duration_ms(&format!("spec.timeouts.{name}"), v)))
     }
@@ -228,6 +340,42 @@ impl Checker {
             })
             .collect()
     }
+}
+
+/// A CA bundle as nginx will read it: only CERTIFICATE blocks, each a readable X.509
+/// certificate, at least one; rewritten from the parsed blocks so that nothing but
+/// certificates reaches the edge.
+fn ca_bundle(field: &str, pem: &str) -> Result<Vec<u8>, Invalid> {
+    let bad = |reason: String| Invalid {
+        field: field.to_owned(),
+        reason,
+    };
+    let mut out = Vec::new();
+    for (i, block) in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()).enumerate() {
+        let block = block.map_err(|e| bad(format!("is not PEM: {e}")))?;
+        if block.label != "CERTIFICATE" {
+            return Err(bad(format!(
+                "block {} is {:?}: only CERTIFICATE blocks belong in a CA bundle",
+                i + 1,
+                block.label
+            )));
+        }
+        block
+            .parse_x509()
+            .map_err(|e| bad(format!("certificate {} cannot be read: {e}", i + 1)))?;
+        use base64::Engine as _;
+        let body = base64::engine::general_purpose::STANDARD.encode(&block.contents);
+        out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        for line in body.as_bytes().chunks(64) {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    if out.is_empty() {
+        return Err(bad("holds no PEM certificate".to_owned()));
+    }
+    Ok(out)
 }
 
 /// The nginx name of a Proxy: its uid without dashes, so that renames and recreations never
@@ -295,7 +443,13 @@ pub fn render(
             let _ = writeln!(c, "    keepalive 16;\n}}");
             format!("proxy_pass http://{id};")
         }
-        (Target::Url, Some(url)) => url_pass(url),
+        (Target::Url, Some(url)) => {
+            let mut pass = url_pass(url);
+            if let Some(tls) = &settings.upstream_tls {
+                pass.push_str(&upstream_tls(id, tls));
+            }
+            pass
+        }
         // A URL target without a URL cannot be built: the reconciler never asks for it.
         (Target::Url, None) => "proxy_pass http://127.0.0.1:9;".to_owned(),
     };
@@ -364,10 +518,7 @@ fn url_pass(url: &str) -> String {
         return format!("proxy_pass {url};");
     };
     let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
-    let host = authority
-        .rsplit_once(':')
-        .map_or(authority, |(host, _)| host);
-    if authority.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok() {
+    if url_name(url).is_none() {
         return format!("proxy_pass {url};");
     }
     let mut pass = format!("set $infrapilot_upstream \"{scheme}://{authority}\";\n");
@@ -376,6 +527,41 @@ fn url_pass(url: &str) -> String {
     }
     pass.push_str("        proxy_pass $infrapilot_upstream;");
     pass
+}
+
+/// Verification of an HTTPS upstream, after its `proxy_pass`: nginx's default is to accept
+/// any certificate and send no SNI. `name` passed the hostname grammar (or is the URL's
+/// checked IP address).
+fn upstream_tls(id: &str, tls: &UpstreamTls) -> String {
+    let mut c = format!(
+        "\n        proxy_ssl_server_name on;\n        proxy_ssl_name {};",
+        tls.name
+    );
+    let trusted = match &tls.verify {
+        Verify::Skip => {
+            c.push_str("\n        proxy_ssl_verify off;");
+            return c;
+        }
+        Verify::SystemCas => SYSTEM_CAS.to_owned(),
+        Verify::Bundle(_) => upstream_ca_path(id),
+    };
+    let _ = write!(
+        c,
+        "\n        proxy_ssl_verify on;\n        proxy_ssl_verify_depth 4;\n        \
+         proxy_ssl_trusted_certificate {trusted};"
+    );
+    c
+}
+
+/// The host name of a URL upstream (checked by the grammar), or `None` when it names an IP
+/// address: only a name is resolved, per request.
+pub fn url_name(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    (!authority.starts_with('[') && host.parse::<std::net::Ipv4Addr>().is_err()).then_some(host)
 }
 
 /// The edge's `resolver` directive for the nameservers of its own `/etc/resolv.conf`: Docker's

@@ -409,6 +409,8 @@ pub struct MemoryEdge {
     pub removed: Mutex<Vec<String>>,
     /// What the next applies answer; serving when empty.
     pub answers: Mutex<Vec<Result<Served, EdgeError>>>,
+    /// Names that do not resolve in this edge; every other does.
+    pub unresolved: Mutex<std::collections::BTreeSet<String>>,
 }
 
 #[async_trait]
@@ -452,6 +454,10 @@ impl EdgeApi for MemoryEdge {
             .get(id)
             .cloned()
             .unwrap_or_default())
+    }
+
+    async fn resolves(&self, host: &str) -> Result<Option<bool>, EdgeError> {
+        Ok(Some(!self.unresolved.lock().unwrap().contains(host)))
     }
 
     async fn acme_state(

@@ -340,7 +340,11 @@ async fn a_url_upstream_is_resolved_per_request_so_a_dead_name_never_stops_the_e
             "",
         ),
     );
-    s.ready("dead", "True").await;
+    let refused = s.ready("dead", "False").await;
+    assert_eq!(
+        refused["status"]["conditions"][0]["reason"], "NameNotResolved",
+        "{refused}"
+    );
     s.wait_for("dead.example.test", 502, "").await;
     s.write(
         "later.yaml",
@@ -560,7 +564,13 @@ async fn a_certificate_from_a_secret_is_served_over_https_with_a_grade() {
         ),
     );
     let ready = s.ready("secure", "True").await;
-    assert_eq!(ready["status"]["tlsGrade"]["grade"], "A+", "{ready}");
+    // Intermediate (the default) keeps TLS 1.2 for older clients: A, with the reason.
+    assert_eq!(ready["status"]["tlsGrade"]["grade"], "A", "{ready}");
+    assert_eq!(
+        ready["status"]["tlsGrade"]["reasons"][0],
+        "TLS 1.2 is accepted (policy Intermediate; Modern serves TLS 1.3 only)",
+        "{ready}"
+    );
     assert!(
         ready["status"]["certificate"]["notAfter"].is_string(),
         "{ready}"
@@ -1187,5 +1197,179 @@ async fn a_host_claimed_by_two_namespaces_is_served_by_the_older_proxy_until_it_
     ready_in(&s, "team-b", "site", "True", wait).await;
     s.wait_for(HOST, 200, &second.name).await;
     s.wait_for("other.example.test", 200, &other.name).await;
+    s.operator.stop().await.unwrap();
+}
+
+/// An nginx container on `network` answering HTTPS on 8443 with a certificate for its own
+/// name from a private CA; returns its name and that CA.
+async fn https_upstream(s: &Setup, network: &str) -> (String, String) {
+    let name = s.docker.unique_name("secure-upstream");
+    let dir = s.operator.dir().join("upstream-pki");
+    let (chain, key, ca) = certificate_for(&dir, &name);
+    let conf = dir.join("conf.d");
+    std::fs::create_dir_all(&conf).expect("the upstream's files and container");
+    std::fs::write(conf.join("leaf.crt"), chain).expect("the upstream's files and container");
+    std::fs::write(conf.join("leaf.key"), key).expect("the upstream's files and container");
+    std::fs::write(
+        conf.join("default.conf"),
+        "server {\n    listen 8443 ssl;\n    ssl_certificate /etc/nginx/conf.d/leaf.crt;\n    \
+         ssl_certificate_key /etc/nginx/conf.d/leaf.key;\n    \
+         location / {\n        return 200 \"secure upstream $ssl_server_name\\n\";\n    }\n}\n",
+    )
+    .expect("the upstream's files and container");
+    s.docker
+        .run(
+            ContainerSpec::new(images::NGINX)
+                .name(&name)
+                .network(network)
+                .bind(&conf, "/etc/nginx/conf.d:ro"),
+        )
+        .await
+        .expect("the upstream's files and container");
+    (name, ca)
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_verified_and_refused_unless_its_ca_is_given() {
+    let s = setup("proxy-upstream-tls").await;
+    let network = s.docker.network("upstream-tls").await.unwrap();
+    let app = s
+        .docker
+        .run(ContainerSpec::new(images::APP).network(&network))
+        .await
+        .unwrap();
+    let (upstream, ca) = https_upstream(&s, &network).await;
+    // Puts the edge on the network, where Docker's DNS knows the upstream by its name.
+    s.write(
+        "anchor.yaml",
+        &proxy("anchor", "anchor.example.test", &by_name(&app.name), ""),
+    );
+    s.ready("anchor", "True").await;
+    let url = format!("    url: https://{upstream}:8443/\n");
+
+    // By default the system CAs must vouch for it: they do not, so its requests get 502.
+    s.write(
+        "system.yaml",
+        &proxy("system", "system.example.test", &url, ""),
+    );
+    let ready = s.ready("system", "True").await;
+    assert_eq!(
+        ready["status"]["upstream"]["verification"], "SystemCAs",
+        "{ready}"
+    );
+    s.wait_for("system.example.test", 502, "").await;
+
+    // With its CA given, the same upstream answers, verified for its name (sent as SNI).
+    s.write(
+        "trusted.yaml",
+        &proxy(
+            "trusted",
+            "trusted.example.test",
+            &format!(
+                "{url}    tls:\n      caBundle: |\n{}",
+                indented(&indented(&indented(&ca)))
+            ),
+            "",
+        ),
+    );
+    let ready = s.ready("trusted", "True").await;
+    assert_eq!(
+        ready["status"]["upstream"]["verification"], "CABundle",
+        "{ready}"
+    );
+    s.wait_for(
+        "trusted.example.test",
+        200,
+        &format!("secure upstream {upstream}"),
+    )
+    .await;
+
+    // The right CA but the wrong name is refused too.
+    s.write(
+        "misnamed.yaml",
+        &proxy(
+            "misnamed",
+            "misnamed.example.test",
+            &format!(
+                "{url}    tls:\n      serverName: other.example.test\n      caBundle: |\n{}",
+                indented(&indented(&indented(&ca)))
+            ),
+            "",
+        ),
+    );
+    s.ready("misnamed", "True").await;
+    s.wait_for("misnamed.example.test", 502, "").await;
+
+    // Skipping verification is explicit and shown.
+    s.write(
+        "skipped.yaml",
+        &proxy(
+            "skipped",
+            "skipped.example.test",
+            &format!("{url}    tls:\n      insecureSkipVerify: true\n"),
+            "",
+        ),
+    );
+    let ready = s.ready("skipped", "True").await;
+    assert_eq!(
+        ready["status"]["upstream"]["verification"], "Skipped",
+        "{ready}"
+    );
+    s.wait_for("skipped.example.test", 200, "secure upstream")
+        .await;
+    // The refused ones kept nobody else from serving.
+    s.wait_for("anchor.example.test", 200, &app.name).await;
+    s.wait_for("system.example.test", 502, "").await;
+    s.operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_url_whose_name_stops_resolving_says_so_and_recovers_when_it_resolves() {
+    let s = setup("proxy-dns-status").await;
+    let network = s.docker.network("dns-status").await.unwrap();
+    let app = s
+        .docker
+        .run(ContainerSpec::new(images::APP).network(&network))
+        .await
+        .unwrap();
+    s.write(
+        "anchor.yaml",
+        &proxy("anchor", "anchor.example.test", &by_name(&app.name), ""),
+    );
+    s.ready("anchor", "True").await;
+    // A name that a container will take only later.
+    let later = s.docker.unique_name("later");
+    s.write(
+        "named.yaml",
+        &proxy(
+            "named",
+            "named.example.test",
+            &format!("    url: http://{later}:8080/\n"),
+            "",
+        ),
+    );
+    let refused = s.ready("named", "False").await;
+    let condition = &refused["status"]["conditions"][0];
+    assert_eq!(condition["reason"], "NameNotResolved", "{refused}");
+    assert_eq!(
+        refused["status"]["upstream"]["problem"],
+        format!("{later} does not resolve from the edge: its requests get 502 until it does"),
+        "{refused}"
+    );
+    s.wait_for("named.example.test", 502, "").await;
+    s.wait_for("anchor.example.test", 200, &app.name).await;
+
+    // Once the name exists the requests answer at once (nginx asks per request), and the
+    // status follows at the Proxy's next look.
+    s.docker
+        .run(
+            ContainerSpec::new(images::APP)
+                .name(&later)
+                .network(&network),
+        )
+        .await
+        .unwrap();
+    s.wait_for("named.example.test", 200, &later).await;
+    s.ready("named", "True").await;
     s.operator.stop().await.unwrap();
 }

@@ -276,3 +276,130 @@ fn modern_allows_tls_1_3_only_and_acme_answers_challenges() {
     .unwrap_err();
     assert_eq!(wildcard[0].field, "spec.hosts[0]");
 }
+
+fn https_upstream(tls: &str) -> Result<Settings, Vec<Invalid>> {
+    Settings::from_spec(&spec(&format!(
+        "hosts: [api.example.com]\nupstream:\n    url: https://10.0.0.5:9443/\n{tls}"
+    )))
+}
+
+fn ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["upstream.internal".to_owned()]).unwrap();
+    params.self_signed(&key).unwrap().pem()
+}
+
+#[test]
+fn an_https_upstream_is_verified_by_the_system_cas_with_sni_by_default() {
+    let settings = https_upstream("").unwrap();
+    let config = render("pabc", "default/api", &settings, &Target::Url, false);
+    assert!(
+        config.contains(
+            "proxy_pass https://10.0.0.5:9443/;\n        proxy_ssl_server_name on;\n        \
+             proxy_ssl_name 10.0.0.5;\n        proxy_ssl_verify on;\n        \
+             proxy_ssl_verify_depth 4;\n        \
+             proxy_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;"
+        ),
+        "{config}"
+    );
+    assert!(spec_files("pabc", &settings).is_empty());
+    // A plain HTTP upstream has nothing to verify.
+    let plain = Settings::from_spec(&spec(
+        "hosts: [api.example.com]\nupstream:\n  url: http://api.internal/\n",
+    ))
+    .unwrap();
+    let config = render("pabc", "default/api", &plain, &Target::Url, false);
+    assert!(!config.contains("proxy_ssl"), "{config}");
+}
+
+#[test]
+fn a_ca_bundle_is_written_as_certificates_only_and_trusted_for_that_proxy() {
+    let pem = ca_pem();
+    let settings = https_upstream(&format!(
+        "    tls:\n      serverName: upstream.internal\n      caBundle: |\n{}",
+        pem.lines()
+            .map(|l| format!("        {l}\n"))
+            .collect::<String>()
+    ))
+    .unwrap();
+    let config = render("pabc", "default/api", &settings, &Target::Url, false);
+    assert!(
+        config.contains("proxy_ssl_name upstream.internal;"),
+        "{config}"
+    );
+    assert!(
+        config.contains(
+            "proxy_ssl_trusted_certificate /etc/nginx/infrapilot/tls/pabc.upstream-ca.crt;"
+        ),
+        "{config}"
+    );
+    let files = spec_files("pabc", &settings);
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].0, "/etc/nginx/infrapilot/tls/pabc.upstream-ca.crt");
+    // Re-encoded from the parsed certificate: the same PEM, whatever surrounded it.
+    assert_eq!(
+        String::from_utf8(files[0].1.clone()).unwrap().trim(),
+        pem.replace("\r\n", "\n").trim()
+    );
+}
+
+#[test]
+fn upstream_tls_refuses_what_it_cannot_honour_naming_the_field() {
+    let field_of = |tls: &str| {
+        let errors = https_upstream(tls).unwrap_err();
+        (errors[0].field.clone(), errors[0].reason.clone())
+    };
+    let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let indented: String = key.lines().map(|l| format!("        {l}\n")).collect();
+    let (field, reason) = field_of(&format!("    tls:\n      caBundle: |\n{indented}"));
+    assert_eq!(field, "spec.upstream.tls.caBundle");
+    assert!(reason.contains("only CERTIFICATE blocks"), "{reason}");
+    let (field, reason) = field_of("    tls:\n      caBundle: not pem at all\n");
+    assert_eq!(field, "spec.upstream.tls.caBundle");
+    assert!(reason.contains("holds no PEM certificate"), "{reason}");
+    let (field, _) = field_of("    tls:\n      serverName: \"a b;\"\n");
+    assert_eq!(field, "spec.upstream.tls.serverName");
+    let (field, reason) = field_of(&format!(
+        "    tls:\n      insecureSkipVerify: true\n      caBundle: |\n{}",
+        ca_pem()
+            .lines()
+            .map(|l| format!("        {l}\n"))
+            .collect::<String>()
+    ));
+    assert_eq!(
+        (field.as_str(), reason.as_str()),
+        (
+            "spec.upstream.tls",
+            "caBundle and insecureSkipVerify exclude each other"
+        )
+    );
+    let errors = Settings::from_spec(&spec(
+        "hosts: [api.example.com]\nupstream:\n  url: http://api.internal/\n  tls:\n    insecureSkipVerify: true\n",
+    ))
+    .unwrap_err();
+    assert_eq!(errors[0].field, "spec.upstream.tls");
+}
+
+#[test]
+fn insecure_skip_verify_still_sends_sni_and_says_skipped() {
+    let settings = https_upstream("    tls:\n      insecureSkipVerify: true\n").unwrap();
+    let config = render("pabc", "default/api", &settings, &Target::Url, false);
+    assert!(config.contains("proxy_ssl_server_name on;"), "{config}");
+    assert!(config.contains("proxy_ssl_verify off;"), "{config}");
+    assert!(
+        !config.contains("proxy_ssl_trusted_certificate"),
+        "{config}"
+    );
+    assert_eq!(settings.upstream_tls.unwrap().verify.label(), "Skipped");
+}
+
+#[test]
+fn only_a_url_naming_a_host_is_looked_up() {
+    assert_eq!(
+        url_name("https://api.internal:9443/v1"),
+        Some("api.internal")
+    );
+    assert_eq!(url_name("http://api.internal"), Some("api.internal"));
+    assert_eq!(url_name("http://10.0.0.5:80/"), None);
+    assert_eq!(url_name("http://[fd00::5]:80"), None);
+}

@@ -5,7 +5,7 @@ use super::decide::{self, Certified, Plan, Serve, Site, Stop};
 use super::{CONTROLLER, Proxies};
 use crate::api::proxy::Proxy;
 use crate::edge::{EdgeApi, EdgeError, Served};
-use crate::proxy::acme;
+use crate::proxy::{acme, site};
 use crate::reconcile::{Context, object_ref};
 
 /// What was done, for the status: the status is computed from this only.
@@ -25,6 +25,9 @@ pub(super) struct Handed {
     pub certified: Certified,
     pub site: Site,
     pub answer: Result<Served, EdgeError>,
+    /// For a URL upstream naming a host, served: whether the edge resolves the name (`None`:
+    /// not asked, or the edge could not tell).
+    pub resolves: Option<bool>,
 }
 
 impl Proxies {
@@ -69,11 +72,17 @@ impl Proxies {
         };
         let site = decide::site(proxy, &serve, &certified);
         let answer = self.edge.apply(site.wanted.clone()).await;
+        let name = serve.valid.settings.url.as_deref().and_then(site::url_name);
+        let resolves = match (&answer, name) {
+            (Ok(Served::Serving), Some(name)) => self.edge.resolves(name).await.ok().flatten(),
+            _ => None,
+        };
         Outcome::Handed(Box::new(Handed {
             serve,
             certified,
             site,
             answer,
+            resolves,
         }))
     }
 

@@ -237,8 +237,12 @@ fn serve(
         (Some(url), _) => {
             let upstream = UpstreamStatus {
                 address: url.clone(),
-                container: None,
-                network: None,
+                verification: valid
+                    .settings
+                    .upstream_tls
+                    .as_ref()
+                    .map(|t| t.verify.label().to_owned()),
+                ..UpstreamStatus::default()
             };
             (Target::Url, upstream, Vec::new())
         }
@@ -270,6 +274,7 @@ fn serve(
                     reachable.iter().map(|r| r.container.clone()).collect(),
                 )),
                 network: Some(join(networks.iter().cloned().collect())),
+                ..UpstreamStatus::default()
             };
             (
                 Target::Containers(addresses),
@@ -346,7 +351,15 @@ fn acme(
             object: object_ref(proxy),
             config: site::render(id, object, settings, &serve.target, pending),
             networks: serve.networks.clone(),
-            files: if pending { served } else { Vec::new() },
+            // The certificate served now, if any, and the spec's own files as the spec has them.
+            files: {
+                let mut files = site::spec_files(id, settings);
+                if pending {
+                    let ca = site::upstream_ca_path(id);
+                    files.extend(served.into_iter().filter(|(path, _)| *path != ca));
+                }
+                files
+            },
         };
         let request = acme::Request {
             directory: spec
@@ -524,7 +537,7 @@ pub(super) fn site(proxy: &Proxy, serve: &Serve, certified: &Certified) -> Site 
             object: object_ref(proxy),
             config,
             networks: serve.networks.clone(),
-            files: certified.files.clone(),
+            files: [site::spec_files(id, settings), certified.files.clone()].concat(),
         },
         hash,
         requeue: certified.recheck.map_or(Requeue::OnChange, Requeue::After),

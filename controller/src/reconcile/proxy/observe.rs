@@ -104,6 +104,15 @@ impl Proxies {
                 return observed;
             }
         }
+        if let Some(name) = settings
+            .url
+            .as_deref()
+            .and_then(crate::proxy::site::url_name)
+        {
+            // A name Docker's DNS knows is a container's: its start brings the Proxy back at
+            // once, to say that the name now resolves.
+            self.watch(proxy, vec![name.to_owned()]);
+        }
         if settings.url.is_none() {
             let resolved = self.resolve(&proxy.spec).await;
             if let Ok((_, ids)) = &resolved {

@@ -6,7 +6,7 @@ use super::apply::{Handed, Outcome};
 use super::decide::{self, Stop};
 use crate::api::proxy::{CertificateStatus, Proxy, ProxyStatus, TlsGrade};
 use crate::edge::Served;
-use crate::proxy::certificate;
+use crate::proxy::{certificate, site};
 use crate::reconcile::{Applied, Category, Failure, Requeue};
 use crate::status::{self, Observation};
 
@@ -25,6 +25,7 @@ pub(super) fn status(
         certified,
         site,
         answer,
+        resolves,
     } = match outcome {
         Outcome::Stopped(stop) => return not_ready(status, stop, generation, now),
         Outcome::Withdrawn(stop) => {
@@ -71,8 +72,15 @@ pub(super) fn status(
                         .and_then(|h| crate::api::common::parse_duration(&h.max_age))
                         .map(|d| d.as_secs());
                     let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-                    let (grade, reasons) =
-                        certificate::grade(certificate, &hosts, tls.policy, hsts, now);
+                    let setup = certificate::Setup {
+                        policy: tls.policy,
+                        hsts_seconds: hsts,
+                        upstream_unverified: settings
+                            .upstream_tls
+                            .as_ref()
+                            .is_some_and(|t| t.verify == site::Verify::Skip),
+                    };
+                    let (grade, reasons) = certificate::grade(certificate, &hosts, setup, now);
                     (
                         Some(CertificateStatus {
                             not_after: Some(Time(certificate.not_after)),
@@ -97,14 +105,41 @@ pub(super) fn status(
             } else {
                 "Serving"
             };
+            let unresolved = (resolves == Some(false))
+                .then(|| settings.url.as_deref().and_then(site::url_name))
+                .flatten();
+            let mut upstream = serve.upstream;
+            upstream.problem = unresolved.map(|name| {
+                format!("{name} does not resolve from the edge: its requests get 502 until it does")
+            });
+            let problem = upstream.problem.clone();
             let mut status = ProxyStatus {
-                upstream: Some(serve.upstream),
+                upstream: Some(upstream),
                 networks: serve.networks,
                 config_hash: Some(site.hash),
                 certificate: certificate_status,
                 tls_grade,
                 ..status
             };
+            if let Some(problem) = problem {
+                // Served as written, so that it answers as soon as the name resolves; looked
+                // at again on the upstream's schedule until then.
+                let message = format!("{problem} (the configuration is served)");
+                status::set(
+                    &mut status.conditions,
+                    Observation::ready(false, "NameNotResolved", &message),
+                    generation,
+                    now,
+                );
+                return Applied {
+                    status,
+                    requeue: Requeue::After(super::RECHECK),
+                    failure: Some(Failure {
+                        category: Category::Upstream,
+                        message,
+                    }),
+                };
+            }
             status::set(
                 &mut status.conditions,
                 Observation::ready(true, reason, message),

@@ -912,3 +912,94 @@ async fn a_loser_is_reconciled_again_once_its_holder_is_reconciled_or_cleaned_up
     w.proxies.cleanup(&holder, &ctx).await.unwrap();
     assert_eq!(sent_back(), 1);
 }
+
+fn url_proxy(url: &str, tls: Option<api::UpstreamTls>) -> Proxy {
+    let mut p = proxy("api", "0c1d", None);
+    p.spec.upstream = api::Upstream {
+        url: Some(url.to_owned()),
+        tls,
+        ..Default::default()
+    };
+    p
+}
+
+#[tokio::test]
+async fn a_url_whose_name_does_not_resolve_is_served_and_not_ready_until_it_resolves() {
+    let w = world();
+    w.edge
+        .unresolved
+        .lock()
+        .unwrap()
+        .insert("api.internal".to_owned());
+    let p = url_proxy("http://api.internal:8080/", None);
+    let applied = w.reconcile(&p).await;
+    assert_eq!(
+        ready(&applied.status),
+        ("False".into(), "NameNotResolved".into())
+    );
+    let upstream = applied.status.upstream.clone().unwrap();
+    assert_eq!(
+        upstream.problem.as_deref(),
+        Some("api.internal does not resolve from the edge: its requests get 502 until it does")
+    );
+    assert_eq!(applied.requeue, Requeue::After(RECHECK));
+    assert_eq!(applied.failure.unwrap().category, Category::Upstream);
+    // Served all the same, so that it answers as soon as the name resolves.
+    assert_eq!(w.edge.applied.lock().unwrap().len(), 1);
+
+    w.edge.unresolved.lock().unwrap().clear();
+    let again = Proxy {
+        status: Some(applied.status),
+        ..p
+    };
+    let applied = w.reconcile(&again).await;
+    assert_eq!(ready(&applied.status), ("True".into(), "Serving".into()));
+    assert_eq!(applied.status.upstream.unwrap().problem, None);
+
+    // An address is never looked up.
+    w.edge
+        .unresolved
+        .lock()
+        .unwrap()
+        .insert("10.0.0.9".to_owned());
+    let applied = w.reconcile(&url_proxy("http://10.0.0.9:8080/", None)).await;
+    assert_eq!(ready(&applied.status), ("True".into(), "Serving".into()));
+}
+
+#[tokio::test]
+async fn an_https_upstream_hands_its_ca_bundle_to_the_edge_and_says_how_it_is_verified() {
+    let w = world();
+    let (ca, _) = pem(&["api.internal"], day(-1), 90);
+    let tls = api::UpstreamTls {
+        ca_bundle: Some(String::from_utf8(ca).unwrap()),
+        ..Default::default()
+    };
+    let applied = w
+        .reconcile(&url_proxy("https://api.internal/", Some(tls)))
+        .await;
+    assert_eq!(ready(&applied.status), ("True".into(), "Serving".into()));
+    let upstream = applied.status.upstream.unwrap();
+    assert_eq!(upstream.verification.as_deref(), Some("CABundle"));
+    let applies = w.edge.applied.lock().unwrap().clone();
+    let id = site::site_id("0c1d");
+    assert_eq!(applies[0].files.len(), 1);
+    assert_eq!(applies[0].files[0].0, site::upstream_ca_path(&id));
+    assert!(applies[0].config.contains(&site::upstream_ca_path(&id)));
+
+    let skip = api::UpstreamTls {
+        insecure_skip_verify: true,
+        ..Default::default()
+    };
+    let applied = w
+        .reconcile(&url_proxy("https://api.internal/", Some(skip)))
+        .await;
+    assert_eq!(
+        applied.status.upstream.unwrap().verification.as_deref(),
+        Some("Skipped")
+    );
+    let applied = w.reconcile(&url_proxy("https://api.internal/", None)).await;
+    assert_eq!(
+        applied.status.upstream.unwrap().verification.as_deref(),
+        Some("SystemCAs")
+    );
+}
