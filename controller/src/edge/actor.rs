@@ -42,6 +42,9 @@ pub(super) struct Owner {
     pub(super) attached: BTreeSet<String>,
     /// The resolver file as last written ([`crate::proxy::site::resolver_config`]).
     pub(super) resolver: Option<String>,
+    /// Proxies the edge stopped serving on its own (left out of a recreated edge): their
+    /// reconciler hears of them at once, rather than at their next recheck.
+    pub(super) left_out: mpsc::UnboundedSender<ObjectRef>,
 }
 
 /// One batch: what each Proxy wants now (None: removal), and who waits for the answer.

@@ -40,6 +40,8 @@ pub struct Edge {
     /// seconds and must not hold up the task that applies every Proxy's changes.
     docker: Arc<dyn Docker>,
     name: String,
+    /// Taken once by [`EdgeApi::left_out`].
+    left_out: Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<ObjectRef>>>>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -58,6 +60,7 @@ impl Edge {
     pub fn start(docker: Arc<dyn Docker>, options: EdgeOptions, audit: Arc<dyn Audit>) -> Self {
         let (requests, receiver) = mpsc::unbounded_channel();
         let name = options.name.clone();
+        let (left_out, left_out_receiver) = mpsc::unbounded_channel();
         let owner = Owner {
             docker: docker.clone(),
             options,
@@ -67,6 +70,7 @@ impl Edge {
             live: BTreeMap::new(),
             attached: BTreeSet::new(),
             resolver: None,
+            left_out,
         };
         tokio::spawn(owner.run(receiver));
         Self {
@@ -74,6 +78,7 @@ impl Edge {
             warmed: Arc::default(),
             docker,
             name,
+            left_out: Arc::new(std::sync::Mutex::new(Some(left_out_receiver))),
         }
     }
 }
@@ -140,6 +145,10 @@ impl EdgeApi for Edge {
             2 | 124 => Some(false),
             _ => None,
         })
+    }
+
+    fn left_out(&self) -> Option<mpsc::UnboundedReceiver<ObjectRef>> {
+        self.left_out.lock().ok()?.take()
     }
 
     async fn acme_state(

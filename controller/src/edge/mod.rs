@@ -123,6 +123,12 @@ pub trait EdgeApi: Send + Sync {
     /// nginx resolves a URL upstream per request: `Ok(None)` when the edge cannot tell (not
     /// running yet, no `getent` in its image).
     async fn resolves(&self, host: &str) -> Result<Option<bool>, EdgeError>;
+    /// The Proxies the edge stops serving on its own: a recreated edge leaves out those whose
+    /// files nginx now refuses, and their reconciler should say so at once. Taken once; `None`
+    /// afterwards, and from an edge that never does this.
+    fn left_out(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef>> {
+        None
+    }
     /// Reads or writes a file of the edge's ACME state (account credentials): `name` is a
     /// plain name under [`ACME_STATE_DIR`].
     async fn acme_state(

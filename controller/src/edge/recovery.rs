@@ -231,8 +231,8 @@ impl Owner {
 
     /// Puts every Proxy that was live back into a new edge: the files nginx refuses (a TLS pair
     /// swapped on disk, say) are found as in any batch and left out, and the rest is loaded in
-    /// one reload. A Proxy left out is logged and audited here, and refused with nginx's
-    /// message when next reconciled, since it is then no longer live.
+    /// one reload. A Proxy left out is logged and audited here, and sent to its reconciler,
+    /// which applies it again and so reports nginx's message in its status.
     async fn restore_sites(
         &mut self,
         container: &str,
@@ -274,6 +274,10 @@ impl Owner {
             self.audit(object, "nginx.config.apply", &target, &Err(message.clone()))
                 .await;
         }
+        let left_out: Vec<ObjectRef> = rejected
+            .keys()
+            .filter_map(|id| sites.get(id).and_then(|l| l.object.clone()))
+            .collect();
         self.live = sites
             .into_iter()
             .filter(|(id, _)| !rejected.contains_key(id))
@@ -281,6 +285,10 @@ impl Owner {
         if valid {
             self.reload(container, "created with every Proxy").await?;
             self.write_marker(container).await?;
+        }
+        // After the reload: reconciled again, each is then no longer live and is applied anew.
+        for object in left_out {
+            let _ = self.left_out.send(object);
         }
         Ok(())
     }

@@ -276,8 +276,18 @@ async fn a_recreated_edge_starts_and_leaves_out_only_the_files_nginx_refuses() {
         ]);
     }
     let edge = edge(docker.clone());
+    let mut left_out = edge
+        .left_out()
+        .expect("the edge tells which Proxies it leaves out");
+    assert!(edge.left_out().is_none(), "taken once");
     assert_eq!(
         edge.apply(wanted("pone", "server one")).await,
+        Ok(Served::Serving)
+    );
+    // Applied by this operator, so the edge knows whose it is.
+    assert_eq!(
+        edge.apply(wanted("pmine", "server mine refused-later"))
+            .await,
         Ok(Served::Serving)
     );
     assert!(
@@ -300,13 +310,27 @@ async fn a_recreated_edge_starts_and_leaves_out_only_the_files_nginx_refuses() {
         edge.apply(wanted("ptwo", "server two")).await,
         Ok(Served::Serving)
     );
-    let state = docker.state.lock().unwrap();
-    assert_eq!(state.created, 1, "recreated once");
-    for id in ["pgood", "pone", "ptwo"] {
-        assert!(state.files.contains_key(&file_path(id)), "{id} is served");
+    {
+        let state = docker.state.lock().unwrap();
+        assert_eq!(state.created, 1, "recreated once");
+        for id in ["pgood", "pone", "ptwo"] {
+            assert!(state.files.contains_key(&file_path(id)), "{id} is served");
+        }
+        for id in ["pbad", "pmine"] {
+            assert!(
+                !state.files.contains_key(&file_path(id)),
+                "{id} is left out"
+            );
+        }
+        assert!(state.signals >= 1);
     }
-    assert!(!state.files.contains_key(&file_path("pbad")));
-    assert!(state.signals >= 1);
+    // The Proxy it knows is sent to its reconciler at once; the one found on disk after a
+    // restart has no known owner and is reported when its Proxy is next reconciled.
+    let sent = left_out
+        .try_recv()
+        .expect("the left-out Proxy is sent back");
+    assert_eq!(sent.name, "pmine");
+    assert!(left_out.try_recv().is_err(), "only the Proxies left out");
 }
 
 #[tokio::test]

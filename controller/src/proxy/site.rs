@@ -23,7 +23,9 @@ pub fn access_log_path(id: &str) -> String {
 /// The part of the edge's configuration that no Proxy owns: the log format, the websocket
 /// upgrade map, and default servers for the names no Proxy serves. On 80 they get 404. On 443
 /// the TLS handshake is refused (`ssl_reject_handshake`): without it nginx answers an unknown
-/// name with the first TLS Proxy's certificate and upstream. A request whose SNI names a Proxy
+/// name with the first TLS Proxy's certificate and upstream. Its protocols are the listener's
+/// on nginx before 1.29.2 (TLS 1.0 and 1.1 stay off; `Modern` Proxies refuse 1.2 by their
+/// ciphers). A request whose SNI names a Proxy
 /// but whose Host names none also ends there, with 404.
 ///
 /// The server-name hash is sized for every name the grammar accepts: a bucket of 512 bytes
@@ -44,7 +46,7 @@ pub fn edge_config() -> String {
          server {{\n    listen 80 default_server;\n    server_name _;\n    set $infrapilot_proxy \"\";\n    \
          access_log off;\n    return 404;\n}}\n\
          server {{\n    listen 443 ssl http2 default_server;\n    server_name _;\n    \
-         ssl_reject_handshake on;\n    set $infrapilot_proxy \"\";\n    access_log off;\n    return 404;\n}}\n"
+         ssl_reject_handshake on;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    set $infrapilot_proxy \"\";\n    access_log off;\n    return 404;\n}}\n"
     )
 }
 
@@ -405,6 +407,11 @@ pub const TLS_DIR: &str = "/etc/nginx/infrapilot/tls";
 /// Where ACME HTTP-01 tokens are served from inside the edge.
 pub const ACME_DIR: &str = "/var/lib/infrapilot/acme";
 
+/// The TLS 1.2 cipher list of a `Modern` server: NULL ciphers only, which no client offers and
+/// which OpenSSL refuses at the security level named here, so that no TLS 1.2 handshake
+/// completes whatever the 443 listener's protocols.
+const MODERN_NO_TLS12_CIPHERS: &str = "eNULL:@SECLEVEL=2";
+
 /// Mozilla's "Intermediate" cipher list (server-side TLS guidelines, version 5.7): TLS 1.2
 /// suites with forward secrecy and AEAD; TLS 1.3 suites are not configurable in nginx.
 const INTERMEDIATE_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
@@ -485,7 +492,15 @@ pub fn render(
         );
         match tls.policy {
             TlsPolicy::Modern => {
-                let _ = writeln!(c, "    ssl_protocols TLSv1.3;");
+                // nginx before 1.29.2 (Debian 12 has 1.22) negotiates the protocol before it
+                // picks the server by SNI, so `ssl_protocols` alone leaves TLS 1.2 open when
+                // any other Proxy allows it. The TLS 1.2 cipher list is this server's on every
+                // version: one no handshake can use (NULL ciphers, which security level 2
+                // forbids) refuses TLS 1.2 here; TLS 1.3 suites are configured apart.
+                let _ = writeln!(
+                    c,
+                    "    ssl_protocols TLSv1.3;\n    ssl_ciphers {MODERN_NO_TLS12_CIPHERS};"
+                );
             }
             TlsPolicy::Intermediate => {
                 let _ = writeln!(

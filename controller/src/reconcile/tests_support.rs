@@ -411,6 +411,8 @@ pub struct MemoryEdge {
     pub answers: Mutex<Vec<Result<Served, EdgeError>>>,
     /// Names that do not resolve in this edge; every other does.
     pub unresolved: Mutex<std::collections::BTreeSet<String>>,
+    /// Proxies a test says the edge left out, handed out by [`EdgeApi::left_out`].
+    pub left_out: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef>>>,
 }
 
 #[async_trait]
@@ -458,6 +460,10 @@ impl EdgeApi for MemoryEdge {
 
     async fn resolves(&self, host: &str) -> Result<Option<bool>, EdgeError> {
         Ok(Some(!self.unresolved.lock().unwrap().contains(host)))
+    }
+
+    fn left_out(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef>> {
+        self.left_out.lock().unwrap().take()
     }
 
     async fn acme_state(

@@ -623,6 +623,96 @@ async fn a_certificate_from_a_secret_is_served_over_https_with_a_grade() {
     s.operator.stop().await.unwrap();
 }
 
+/// A GET over HTTPS to `host` through the edge, trusting `ca_pem`, with TLS no newer than
+/// `max` (or any): the error when the handshake fails.
+async fn https_with(
+    edge: &TestEdge,
+    host: &str,
+    ca_pem: &str,
+    max: Option<reqwest::tls::Version>,
+) -> Result<u16, String> {
+    let mut builder = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("a PEM CA"))
+        .resolve(
+            host,
+            format!("127.0.0.1:{}", edge.https)
+                .parse()
+                .expect("an address"),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5));
+    if let Some(max) = max {
+        builder = builder.max_tls_version(max);
+    }
+    let client = builder.build().expect("an HTTPS client");
+    client
+        .get(format!("https://{host}:{}/", edge.https))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test]
+async fn the_tls_policy_decides_the_protocols_nginx_serves() {
+    let s = setup("proxy-tls-policy").await;
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    let mut cas = Vec::new();
+    for (name, host, policy) in [
+        ("modern", "modern.example.test", "Modern"),
+        ("older", "older.example.test", "Intermediate"),
+    ] {
+        let (chain, key, ca) = certificate_for(&s.operator.dir().join(name), host);
+        s.write(
+            &format!("{name}-secret.yaml"),
+            &tls_secret(&format!("{name}-tls"), &chain, &key),
+        );
+        s.write(
+            &format!("{name}.yaml"),
+            &proxy(
+                name,
+                host,
+                &by_name(&app.name),
+                &format!("  tls:\n    secretName: {name}-tls\n    policy: {policy}\n"),
+            ),
+        );
+        cas.push((host, ca));
+    }
+    let modern = s.ready("modern", "True").await;
+    let older = s.ready("older", "True").await;
+    let reasons = |status: &serde_json::Value| status["status"]["tlsGrade"]["reasons"].to_string();
+    assert!(!reasons(&modern).contains("TLS 1.2"), "{modern}");
+    assert!(reasons(&older).contains("TLS 1.2 is accepted"), "{older}");
+    let [(modern_host, modern_ca), (older_host, older_ca)] = &cas[..] else {
+        unreachable!()
+    };
+    let tls12 = Some(reqwest::tls::Version::TLS_1_2);
+    // Served at all (301 to HTTPS is plain HTTP's answer; HTTPS answers from the app).
+    eventually(
+        "both served over HTTPS",
+        Duration::from_secs(20),
+        || async {
+            match (
+                https_with(&s.edge, modern_host, modern_ca, None).await,
+                https_with(&s.edge, older_host, older_ca, None).await,
+            ) {
+                (Ok(200), Ok(200)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // The same TLS 1.2 client that the Intermediate Proxy accepts is refused by the Modern one.
+    assert_eq!(
+        https_with(&s.edge, older_host, older_ca, tls12).await,
+        Ok(200),
+        "Intermediate accepts TLS 1.2"
+    );
+    let refused = https_with(&s.edge, modern_host, modern_ca, tls12).await;
+    assert!(refused.is_err(), "Modern refuses TLS 1.2: {refused:?}");
+    s.operator.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_mismatched_key_and_a_long_host_in_one_batch_fail_no_other_proxy() {
     let s = setup("proxy-batch-faults").await;

@@ -204,6 +204,18 @@ impl Reconciler for Proxies {
         if let Ok(mut again) = self.again.lock() {
             *again = Some(sender.clone());
         }
+        if let Some(mut left_out) = self.edge.left_out() {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                while let Some(object) = left_out.recv().await {
+                    let namespace = object.namespace.unwrap_or_else(|| "default".to_owned());
+                    let key = (namespace, object.name);
+                    if sender.send(key).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         if let Ok(mut pending) = self.pending_follow.lock() {
             *pending = Some(sender);
         }

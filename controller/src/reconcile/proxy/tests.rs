@@ -876,6 +876,26 @@ async fn a_served_proxy_that_loses_its_host_is_withdrawn_and_takes_over_when_the
 }
 
 #[tokio::test]
+async fn a_proxy_the_edge_left_out_is_reconciled_again_at_once() {
+    let w = world();
+    let (left_out, receiver) = tokio::sync::mpsc::unbounded_channel();
+    *w.edge.left_out.lock().unwrap() = Some(receiver);
+    let mut again = w.proxies.triggers().unwrap();
+    let object = crate::audit::ObjectRef {
+        kind: "Proxy".to_owned(),
+        namespace: Some("team-a".to_owned()),
+        name: "shop".to_owned(),
+        uid: "u-shop".to_owned(),
+        generation: 3,
+    };
+    left_out.send(object).unwrap();
+    let key = tokio::time::timeout(Duration::from_secs(5), again.recv())
+        .await
+        .expect("sent back without waiting for a recheck");
+    assert_eq!(key, Some(("team-a".to_owned(), "shop".to_owned())));
+}
+
+#[tokio::test]
 async fn a_loser_is_reconciled_again_once_its_holder_is_reconciled_or_cleaned_up() {
     let w = world();
     let mut again = w.proxies.triggers().unwrap();
