@@ -507,9 +507,9 @@ pub(crate) fn certificate_for(dir: &std::path::Path, host: &str) -> (String, Str
     )
 }
 
-/// A GET over HTTPS to `host` through the edge, trusting `ca_pem`, retried until it answers.
-async fn https_get(edge: &TestEdge, host: &str, ca_pem: &str) -> reqwest::Response {
-    let client = reqwest::Client::builder()
+/// A client for `host` through the edge, trusting `ca_pem`, following no redirect.
+fn https_client(edge: &TestEdge, host: &str, ca_pem: &str) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("a PEM CA"))
         .resolve(
             host,
@@ -518,6 +518,11 @@ async fn https_get(edge: &TestEdge, host: &str, ca_pem: &str) -> reqwest::Respon
                 .expect("an address"),
         )
         .redirect(reqwest::redirect::Policy::none())
+}
+
+/// A GET over HTTPS to `host` through the edge, trusting `ca_pem`, retried until it answers.
+async fn https_get(edge: &TestEdge, host: &str, ca_pem: &str) -> reqwest::Response {
+    let client = https_client(edge, host, ca_pem)
         .build()
         .expect("an HTTPS client");
     eventually(
@@ -631,16 +636,7 @@ async fn https_with(
     ca_pem: &str,
     max: Option<reqwest::tls::Version>,
 ) -> Result<u16, String> {
-    let mut builder = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("a PEM CA"))
-        .resolve(
-            host,
-            format!("127.0.0.1:{}", edge.https)
-                .parse()
-                .expect("an address"),
-        )
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(5));
+    let mut builder = https_client(edge, host, ca_pem).timeout(Duration::from_secs(5));
     if let Some(max) = max {
         builder = builder.max_tls_version(max);
     }
