@@ -66,6 +66,65 @@ impl TestEdge {
         args
     }
 
+    /// How many times nginx in the edge reloaded its configuration, by nginx's own log (the
+    /// official image logs to the container's stderr): every reload, whoever asked for it.
+    pub async fn reloads(&self, docker: &TestDocker) -> Result<usize, String> {
+        use futures::StreamExt;
+        let options = bollard::query_parameters::LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut logs = docker.client().logs(&self.name, Some(options));
+        let mut reloads = 0;
+        while let Some(line) = logs.next().await {
+            let line = line.map_err(|e| format!("the edge's log: {e}"))?;
+            // nginx: "signal 1 (SIGHUP) received from 123, reconfiguring".
+            reloads += line.to_string().matches("(SIGHUP) received").count();
+        }
+        Ok(reloads)
+    }
+
+    /// The `notAfter` of the certificate the edge serves for `host`, read from a TLS handshake
+    /// with that SNI (openssl), so that what nginx serves can be compared with what a status
+    /// says.
+    pub async fn served_not_after(&self, host: &str) -> Result<jiff::Timestamp, String> {
+        let handshake = tokio::process::Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{}", self.https)])
+            .args(["-servername", host])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("openssl s_client: {e}"))?;
+        let mut x509 = tokio::process::Command::new("openssl")
+            .args(["x509", "-noout", "-enddate", "-dateopt", "iso_8601"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("openssl x509: {e}"))?;
+        if let Some(mut stdin) = x509.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin
+                .write_all(&handshake.stdout)
+                .await
+                .map_err(|e| format!("openssl x509: {e}"))?;
+        }
+        let output = x509
+            .wait_with_output()
+            .await
+            .map_err(|e| format!("openssl x509: {e}"))?;
+        // "notAfter=2026-12-04 06:43:00Z"
+        let text = String::from_utf8_lossy(&output.stdout);
+        let date = text.trim().strip_prefix("notAfter=").ok_or_else(|| {
+            format!(
+                "no certificate served for {host}: {}",
+                String::from_utf8_lossy(&handshake.stderr).trim()
+            )
+        })?;
+        date.replacen(' ', "T", 1)
+            .parse()
+            .map_err(|e| format!("{date}: {e}"))
+    }
+
     /// A GET through the edge for `host`: status and body. Redirects are answers, not
     /// followed.
     pub async fn get(&self, host: &str) -> Result<(u16, String), String> {

@@ -118,20 +118,44 @@ impl Operator {
     }
 
     /// The address of `/livez`, `/readyz` and `/metrics`, as the operator logs it once it
-    /// listens (start it with `--probe-address 127.0.0.1:0`).
+    /// listens (start it with `--probe-address 127.0.0.1:0`): the latest logged, so for an
+    /// operator started again in the same directory the earlier one's until the new one
+    /// logged its own (a caller asks again until the address answers).
     pub async fn probe_address(&self) -> String {
         crate::wait::eventually(
             "the probe address in the log",
             Duration::from_secs(30),
             || async {
                 let log = self.log();
+                // The latest: an operator started again in the same directory logs to the
+                // same file.
                 log.lines()
+                    .rev()
                     .find_map(|line| line.split("/metrics on http://").nth(1))
                     .map(|address| address.trim().to_owned())
                     .ok_or_else(|| format!("log so far: {log}"))
             },
         )
         .await
+    }
+
+    /// Reconciles this process finished for `controller` (`proxy`, `alertchannel`, ...), by
+    /// its `/metrics` (start it with `--probe-address 127.0.0.1:0`).
+    pub async fn reconciles(&self, controller: &str) -> Result<u64, String> {
+        let url = format!("http://{}/metrics", self.probe_address().await);
+        let text = reqwest::get(&url)
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("{url}: {e}"))?
+            .text()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let prefix = format!("infrapilot_reconciles_total{{controller=\"{controller}\"}} ");
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0))
     }
 
     pub fn dir(&self) -> &Path {

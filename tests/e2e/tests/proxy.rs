@@ -114,10 +114,29 @@ fn start(dir: &std::path::Path, edge: &TestEdge) -> Operator {
         "run".to_owned(),
         "--manifests".to_owned(),
         "manifests".to_owned(),
+        // For the reconcile counts in /metrics.
+        "--probe-address".to_owned(),
+        "127.0.0.1:0".to_owned(),
     ];
     args.extend(edge.args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Operator::start(dir, &args).expect("the operator starts")
+}
+
+/// Waits until `operator` finished `count` Proxy reconciles: what a restarted operator does
+/// to a Proxy is done by then.
+async fn wait_for_proxy_reconciles(operator: &Operator, count: u64) {
+    eventually(
+        &format!("{count} Proxy reconciles"),
+        Duration::from_secs(30),
+        || async {
+            match operator.reconciles("proxy").await? {
+                done if done >= count => Ok(()),
+                done => Err(format!("{done} so far")),
+            }
+        },
+    )
+    .await;
 }
 
 pub(crate) fn proxy(name: &str, host: &str, upstream: &str, extra: &str) -> String {
@@ -401,25 +420,42 @@ async fn a_restart_rewrites_and_reloads_nothing_that_is_served() {
     );
     s.ready("one", "True").await;
     s.wait_for("one.example.test", 200, &app.name).await;
+    // Every audit record (the edge's own as well as the Proxy's) and nginx's own reloads.
     let audited = |dir: std::path::PathBuf| async move {
-        let output = infrapilot_e2e::operator::cli(&dir, &["audit", "list", "--kind", "Proxy"])
+        let output = infrapilot_e2e::operator::cli(&dir, &["audit", "list"])
             .await
             .unwrap();
         String::from_utf8_lossy(&output.stdout).lines().count()
     };
     let before = audited(s.operator.dir().to_owned()).await;
     assert!(before >= 1, "the first apply is audited");
+    let reloads = s.edge.reloads(&s.docker).await.unwrap();
+    assert!(
+        reloads >= 1,
+        "the first apply reloaded nginx, and its log shows it"
+    );
 
     let dir = s.operator.dir().to_owned();
     s.operator.stop().await.unwrap();
     let again = start(&dir, &s.edge);
-    wait_for_log(&again, "found the running edge").await;
+    // Once the restarted operator reconciled the Proxy, whatever it would rewrite or reload
+    // is done.
+    wait_for_proxy_reconciles(&again, 1).await;
+    assert!(
+        again.log().contains("found the running edge"),
+        "{}",
+        again.log()
+    );
     s.edge
         .wait_for("one.example.test", 200, &app.name, || again.log())
         .await;
-    // Reconciled again, but nothing was written, reloaded or attached a second time.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(audited(dir.clone()).await, before, "{}", again.log());
+    assert_eq!(
+        s.edge.reloads(&s.docker).await.unwrap(),
+        reloads,
+        "nginx reloaded again: {}",
+        again.log()
+    );
     // Both runs log to the same file: the edge was created once, by the first.
     assert_eq!(
         again.log().matches("created the edge").count(),
@@ -427,6 +463,31 @@ async fn a_restart_rewrites_and_reloads_nothing_that_is_served() {
         "{}",
         again.log()
     );
+
+    // The same count sees a reload when there is one: a changed Proxy.
+    let changed = proxy(
+        "one",
+        "one.example.test",
+        &by_name(&app.name),
+        "  clientMaxBodySize: 2M\n",
+    );
+    std::fs::write(dir.join("manifests/.one.yaml.tmp"), changed).unwrap();
+    std::fs::rename(
+        dir.join("manifests/.one.yaml.tmp"),
+        dir.join("manifests/one.yaml"),
+    )
+    .unwrap();
+    eventually(
+        "a reload for the change",
+        Duration::from_secs(20),
+        || async {
+            match s.edge.reloads(&s.docker).await? {
+                now if now > reloads => Ok(()),
+                now => Err(format!("{now} reloads")),
+            }
+        },
+    )
+    .await;
     again.stop().await.unwrap();
 }
 
@@ -1004,6 +1065,26 @@ async fn an_acme_certificate_is_issued_by_pebble_and_served() {
     let ready = s.ready("acme", "True").await;
     let certificate = &ready["status"]["certificate"];
     assert!(certificate["notAfter"].is_string(), "{ready}");
+    // What nginx serves is the certificate the status describes.
+    let not_after = |status: &serde_json::Value| -> jiff::Timestamp {
+        status["status"]["certificate"]["notAfter"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("a notAfter in {status}"))
+    };
+    // (A reload takes effect as nginx's new workers start: asked until they answer.)
+    let issued_not_after = not_after(&ready);
+    eventually(
+        "the issued certificate to be served",
+        Duration::from_secs(10),
+        || async {
+            match s.edge.served_not_after(host).await? {
+                served if served == issued_not_after => Ok(()),
+                served => Err(format!("served {served}, status {issued_not_after}")),
+            }
+        },
+    )
+    .await;
     assert!(certificate["renewalTime"].is_string(), "{ready}");
     assert_eq!(certificate["failedIssuanceAttempts"], 0, "{ready}");
 
@@ -1019,9 +1100,13 @@ async fn an_acme_certificate_is_issued_by_pebble_and_served() {
     let dir = s.operator.dir().to_owned();
     s.operator.stop().await.unwrap();
     let again = start(&dir, &s.edge);
-    wait_for_log(&again, "found the running edge").await;
-    // Time enough for an issuance (one takes about a second against pebble), were one started.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // An issuance happens within the reconcile: once it finished, one would have happened.
+    wait_for_proxy_reconciles(&again, 1).await;
+    assert!(
+        again.log().contains("found the running edge"),
+        "{}",
+        again.log()
+    );
     let export = infrapilot_e2e::operator::cli(&dir, &["audit", "export", "--format", "json"])
         .await
         .unwrap();
@@ -1056,6 +1141,19 @@ async fn an_acme_certificate_is_issued_by_pebble_and_served() {
         "{renewed}"
     );
     assert_eq!(https_get(&s.edge, host, &root).await.status(), 200);
+    // The renewed certificate reached nginx: the handshake shows the new notAfter.
+    let renewed_not_after = not_after(&renewed);
+    eventually(
+        "the renewed certificate to be served",
+        Duration::from_secs(10),
+        || async {
+            match s.edge.served_not_after(host).await? {
+                served if served == renewed_not_after => Ok(()),
+                served => Err(format!("served {served}, status {renewed_not_after}")),
+            }
+        },
+    )
+    .await;
     // Renewed by the restarted operator with the account the first one registered (the
     // credentials are kept in the edge).
     assert_eq!(
