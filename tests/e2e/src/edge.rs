@@ -13,12 +13,31 @@ pub struct TestEdge {
     labels: Vec<String>,
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, for a server that binds it later (Docker publishing
+/// the edge). Not one the kernel hands out for port 0: those come from the ephemeral range,
+/// which every outgoing connection and every other test's `bind(0)` draws from too, so such a
+/// port was sometimes taken again before Docker bound it ("address already in use"). Ports
+/// below the ephemeral range are only ever taken on purpose; a random start keeps the tests
+/// running at once (one process each) apart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::hash::{BuildHasher, Hasher};
+    // Below Linux's default ephemeral range (32768-60999), above the well-known services.
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let start = (hasher.finish() % u64::from(SPAN)) as u16;
+    // Never the same port twice in one test process (an edge's two ports, say).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let port = (0..SPAN)
+        .map(|i| LOW + (start + i) % SPAN)
+        .find(|port| {
+            !given.contains(port) && std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok()
+        })
+        .expect("a free port below the ephemeral range");
+    given.push(port);
+    port
 }
 
 impl TestEdge {
