@@ -3,6 +3,7 @@
 //! `api` holds the resource types; the reconcilers and the two runtimes (Kubernetes and
 //! standalone) build on them.
 
+pub mod alert;
 pub mod api;
 pub mod audit;
 pub mod backup;

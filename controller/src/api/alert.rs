@@ -477,6 +477,15 @@ pub struct AlertRuleStatus {
     /// When a notification was last sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_notification_time: Option<Time>,
+    /// Alerts that resolved and whose resolution a channel told of their firing has not yet
+    /// been told; kept until it has (or, without `sendResolved`, dropped at once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved_alerts: Vec<ResolvedAlert>,
+    /// Per channel, the notification log: what it was last told and whether delivery fails.
+    /// It lives in the status so that a restarted operator, or a new leader, neither sends a
+    /// notification again nor forgets one it owes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelNotifications>,
 }
 
 /// The state of an alert rule.
@@ -495,9 +504,63 @@ pub struct ActiveAlert {
     pub subject: String,
     /// Pending or Firing.
     pub state: AlertState,
-    /// Since when.
+    /// Since when the condition holds (the alert's `startsAt`).
     pub since: Time,
+    /// When it started firing (`for` after `since`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_at: Option<Time>,
+    /// When the condition stopped holding while `keepFiringFor` keeps the alert firing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_at: Option<Time>,
     /// A short description of the measured value.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// What the alert concerns, as notification labels: `container`, `proxy`, `policy`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An alert that fired and resolved, kept until every channel told of it has been told.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedAlert {
+    /// What the alert was about.
+    pub subject: String,
+    /// Since when the condition held.
+    pub since: Time,
+    /// When it resolved (the alert's `endsAt`).
+    pub resolved_at: Time,
+    /// The last measured value.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Its notification labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One channel's notification log for a rule.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelNotifications {
+    /// The AlertChannel's name.
+    pub name: String,
+    /// When a notification last reached it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_notification_time: Option<Time>,
+    /// The subjects it was last told are firing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notified: Vec<String>,
+    /// Failed deliveries since the last success.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+    /// Why the last delivery failed (never a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// When delivery is tried again after a failure (the runtime's backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Time>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
