@@ -22,6 +22,11 @@ pub(super) fn origin(url: &str) -> String {
 /// The JSON a webhook receives. Documented in the AlertChannel example; fields are only ever
 /// added, never renamed, so receivers keep working.
 pub(super) fn webhook_payload(message: &Message) -> Value {
+    // An alert rule's notification is Alertmanager's webhook body, so that receivers written
+    // for Alertmanager take it unchanged.
+    if let Some(group) = &message.alerts {
+        return serde_json::to_value(group).unwrap_or_default();
+    }
     json!({
         "source": "infrapilot",
         "version": "v1",
@@ -49,7 +54,31 @@ pub(super) fn slack_payload(message: &Message, channel: Option<&str>) -> Value {
             escape_slack(value)
         ));
     }
-    let mut payload = json!({ "text": text });
+    let mut payload = match &message.alerts {
+        // One attachment per group, in the severity's colour (firing) or green (resolved).
+        Some(group) => {
+            let color = match (group.status, message.severity) {
+                ("resolved", _) => "#2eb886",
+                (_, crate::api::alert::Severity::Critical) => "#d00000",
+                (_, crate::api::alert::Severity::Warning) => "#daa038",
+                (_, crate::api::alert::Severity::Info) => "#439fe0",
+            };
+            json!({
+                "text": escape_slack(&message.title),
+                "attachments": [{
+                    "color": color,
+                    "fallback": escape_slack(&message.title),
+                    "text": escape_slack(&message.text),
+                    "fields": group.alerts.iter().map(|a| json!({
+                        "title": format!("{} {}", a.status, a.labels.get("subject").map_or("", String::as_str)),
+                        "value": escape_slack(a.annotations.get("summary").map_or("", String::as_str)),
+                        "short": false,
+                    })).collect::<Vec<_>>(),
+                }],
+            })
+        }
+        None => json!({ "text": text }),
+    };
     if let Some(channel) = channel {
         payload["channel"] = json!(channel);
     }
@@ -145,7 +174,31 @@ mod tests {
             severity: Severity::Critical,
             source: "AlertRule default/shop-errors".to_owned(),
             labels: BTreeMap::from([("proxy".to_owned(), "shop".to_owned())]),
+            alerts: None,
         }
+    }
+
+    fn alert_message() -> Message {
+        crate::delivery::tests::with_alert(message())
+    }
+
+    #[test]
+    fn an_alert_notification_is_alertmanagers_body_to_webhooks_and_coloured_for_slack() {
+        let message = alert_message();
+        let body = webhook_payload(&message);
+        assert_eq!(body["version"], "4");
+        assert_eq!(body["receiver"], "ops");
+        assert_eq!(body["alerts"][0]["labels"]["subject"], "api");
+        assert!(
+            body.get("title").is_none(),
+            "nothing but Alertmanager's fields"
+        );
+        let slack = slack_payload(&message, None);
+        assert_eq!(slack["attachments"][0]["color"], "#d00000");
+        assert_eq!(
+            slack["attachments"][0]["fields"][0]["value"],
+            "exit code 1 &lt;script&gt;"
+        );
     }
 
     #[test]

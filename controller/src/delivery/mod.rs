@@ -34,6 +34,10 @@ pub struct Message {
     pub source: String,
     /// Facts to show as a table or JSON fields.
     pub labels: BTreeMap<String, String>,
+    /// An alert rule's notification: the alerts as Alertmanager groups them. Webhooks then
+    /// receive Alertmanager's body, e-mails list the alerts, Slack colours by severity.
+    #[serde(skip)]
+    pub alerts: Option<Box<crate::alert::alertmanager::Group>>,
 }
 
 /// Why a message is sent.
@@ -207,6 +211,47 @@ impl Notifier for Deliverer {
                 )
                 .await
             }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use super::Message;
+    use crate::api::alert::Severity;
+
+    /// An alert rule's notification with one firing alert whose value holds HTML.
+    pub fn with_alert(message: Message) -> Message {
+        use crate::alert::alertmanager::{Rule, group};
+        use crate::alert::timing::Notification;
+        use crate::api::alert::{ActiveAlert, AlertState};
+        let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-12-04T10:00:00Z".parse().unwrap(),
+        );
+        let notification = Notification {
+            channel: "ops".into(),
+            firing: vec![ActiveAlert {
+                subject: "api".into(),
+                state: AlertState::Firing,
+                since: time.clone(),
+                fired_at: Some(time),
+                cleared_at: None,
+                message: "exit code 1 <script>".into(),
+                labels: BTreeMap::new(),
+            }],
+            resolved: vec![],
+        };
+        let rule = Rule {
+            namespace: "shop",
+            name: "crashes",
+            condition: "containerCrash",
+            severity: Severity::Critical,
+        };
+        Message {
+            alerts: Some(Box::new(group(&rule, &notification))),
+            ..message
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use lettre::message::MultiPart;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
@@ -69,8 +70,7 @@ fn build(smtp: &SmtpTarget, message: &Message) -> Result<lettre::Message, Delive
     };
     let mut builder = lettre::Message::builder()
         .from(address("from", &smtp.from)?)
-        .subject(&message.title)
-        .header(ContentType::TEXT_PLAIN);
+        .subject(&message.title);
     for to in &smtp.to {
         builder = builder.to(address("to", to)?);
     }
@@ -85,9 +85,61 @@ fn build(smtp: &SmtpTarget, message: &Message) -> Result<lettre::Message, Delive
         "\n-- \nSent by InfraPilot for {}\n",
         message.source
     ));
-    builder
-        .body(body)
-        .map_err(|e| DeliveryError::Config(format!("the message cannot be built: {e}")))
+    let built = match &message.alerts {
+        Some(group) => builder.multipart(MultiPart::alternative_plain_html(
+            body,
+            html(message, group),
+        )),
+        None => builder.header(ContentType::TEXT_PLAIN).body(body),
+    };
+    built.map_err(|e| DeliveryError::Config(format!("the message cannot be built: {e}")))
+}
+
+/// The HTML part of an alert notification: a table of the alerts with their value, since
+/// when, and the object each concerns.
+fn html(message: &Message, group: &crate::alert::alertmanager::Group) -> String {
+    let mut rows = String::new();
+    for alert in &group.alerts {
+        let label = |name: &str| escape(alert.labels.get(name).map_or("", String::as_str));
+        let summary = escape(alert.annotations.get("summary").map_or("", String::as_str));
+        let ended = if alert.status == "resolved" {
+            format!(" to {}", escape(&alert.ends_at))
+        } else {
+            String::new()
+        };
+        rows.push_str(&format!(
+            "<tr><td><b>{}</b></td><td>{}</td><td>{}</td><td>{}{ended}</td></tr>\n",
+            escape(alert.status),
+            label("subject"),
+            summary,
+            escape(&alert.starts_at),
+        ));
+    }
+    format!(
+        "<html><body>\n<h2>{}</h2>\n<p>{}</p>\n<table border=\"1\" cellpadding=\"4\">\n\
+         <tr><th>Status</th><th>Subject</th><th>Value</th><th>Since</th></tr>\n{rows}</table>\n\
+         <p>Sent by InfraPilot for {}</p>\n</body></html>\n",
+        escape(&message.title),
+        escape(&format!(
+            "{} alert(s) of the {} condition",
+            group.alerts.len(),
+            group
+                .common_labels
+                .get("condition")
+                .map_or("", String::as_str)
+        )),
+        escape(&message.source),
+    )
+}
+
+/// HTML text escaping: the five characters HTML gives meaning to, which is all a text node or
+/// attribute needs (a crate for these five replacements would add nothing).
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 #[cfg(test)]
@@ -117,6 +169,7 @@ mod tests {
             severity: Severity::Info,
             source: "AlertChannel default/ops".to_owned(),
             labels: BTreeMap::from([("channel".to_owned(), "ops".to_owned())]),
+            alerts: None,
         }
     }
 
@@ -130,6 +183,21 @@ mod tests {
             email.contains("Sent by InfraPilot for AlertChannel default/ops"),
             "{email}"
         );
+    }
+
+    fn alert_message() -> Message {
+        crate::delivery::tests::with_alert(message())
+    }
+
+    #[test]
+    fn an_alert_email_has_a_plain_text_and_an_escaped_html_part() {
+        let email =
+            String::from_utf8(build(&target(), &alert_message()).unwrap().formatted()).unwrap();
+        assert!(email.contains("multipart/alternative"), "{email}");
+        assert!(email.contains("text/plain"), "{email}");
+        assert!(email.contains("text/html"), "{email}");
+        assert!(email.contains("exit code 1 &lt;script&gt;"), "{email}");
+        assert!(!email.contains("<script>"), "{email}");
     }
 
     #[test]

@@ -47,6 +47,7 @@ fn verification_message(channel: &AlertChannel) -> Message {
         severity: Severity::Info,
         source: format!("AlertChannel {name}"),
         labels: BTreeMap::from([("channel".to_owned(), name)]),
+        alerts: None,
     }
 }
 

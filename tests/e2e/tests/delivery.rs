@@ -19,6 +19,7 @@ fn message(title: &str) -> Message {
         severity: Severity::Info,
         source: "AlertChannel default/ops".to_owned(),
         labels: BTreeMap::from([("channel".to_owned(), "ops".to_owned())]),
+        alerts: None,
     }
 }
 

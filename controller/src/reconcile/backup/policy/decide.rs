@@ -380,5 +380,6 @@ fn report_message(
         severity,
         source: format!("BackupValidationPolicy {namespace}/{policy_name}"),
         labels,
+        alerts: None,
     }
 }
