@@ -163,6 +163,15 @@ pub fn spec_or_lifecycle<K: Resource>(object: &K) -> Option<u64> {
     Some(hasher.finish())
 }
 
+fn guard_meta<K: Resource>(
+    guard: &DeserializeGuard<K>,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta> {
+    Some(match &guard.0 {
+        Ok(object) => object.meta(),
+        Err(invalid) => &invalid.metadata,
+    })
+}
+
 fn guard_uid<K: Resource>(guard: &DeserializeGuard<K>) -> Option<String> {
     match &guard.0 {
         Ok(object) => object.meta().uid.clone(),
@@ -386,8 +395,9 @@ pub async fn run<R>(
     )
     .applied_objects()
     .predicate_filter(spec_or_lifecycle, PredicateConfig::default());
-    let mut controller = Controller::for_stream(changes, reader);
+    let mut controller = Controller::for_stream(changes, reader.clone());
     for relation in R::relations() {
+        let reader = reader.clone();
         let resource = objects::resource(relation.from);
         let api: Api<DynamicObject> = match namespace.as_deref() {
             Some(namespace) if relation.from.namespaced() => {
@@ -398,7 +408,23 @@ pub async fn run<R>(
         let config = watcher::Config::default().any_semantic();
         controller = controller.watches_with(api, resource, config, move |object| {
             let value = serde_json::to_value(&object).unwrap_or_default();
-            (relation.map)(&value).into_iter().map(|(namespace, name)| {
+            let mut names = Vec::new();
+            for (namespace, name) in (relation.map)(&value) {
+                if name == crate::runtime::objects::EVERY {
+                    names.extend(
+                        reader
+                            .state()
+                            .iter()
+                            .filter_map(|o| guard_meta(o))
+                            .filter(|meta| meta.namespace.as_deref() == Some(&namespace))
+                            .filter_map(|meta| meta.name.clone())
+                            .map(|name| (namespace.clone(), name)),
+                    );
+                } else {
+                    names.push((namespace, name));
+                }
+            }
+            names.into_iter().map(|(namespace, name)| {
                 kube::runtime::reflector::ObjectRef::<DeserializeGuard<R::Object>>::new(&name)
                     .within(&namespace)
             })

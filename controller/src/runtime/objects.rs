@@ -155,9 +155,14 @@ impl Objects {
     }
 }
 
+/// The name a [`Relation`] gives for "every object of the reconciler's kind in that
+/// namespace" (a name no object can have).
+pub const EVERY: &str = "*";
+
 /// "Reconcile a `to` object when an object of kind `from` changes": which objects of the
-/// reconciler's kind an object of `from` concerns, as (namespace, name). Declared by the
-/// reconciler ([`crate::reconcile::Reconciler::relations`]); both runtimes honour it.
+/// reconciler's kind an object of `from` concerns, as (namespace, name), or
+/// (namespace, [`EVERY`]). Declared by the reconciler
+/// ([`crate::reconcile::Reconciler::relations`]); both runtimes honour it.
 #[derive(Clone, Copy, Debug)]
 pub struct Relation {
     pub from: Kind,

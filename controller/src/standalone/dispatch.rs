@@ -20,6 +20,7 @@ use crate::kubernetes::controller::ScopedApi;
 use crate::reconcile::{Event, Events, Failure, Reconciler, Relation};
 use crate::retry::{Backoff, Category};
 use crate::runtime::driver::{Driver, Next, StatusWriter};
+use crate::runtime::objects::EVERY;
 use crate::runtime::registry::{Build, Register};
 use crate::runtime::services::Services;
 use crate::telemetry::Metrics;
@@ -113,6 +114,26 @@ impl Workers {
         let full = object.full();
         for (kind, relation) in self.relations.iter().filter(|(_, r)| r.from == from) {
             for (namespace, name) in (relation.map)(&full) {
+                if name == EVERY {
+                    // Which objects those are is a read of the state database, which this
+                    // (synchronous) call cannot wait for: the list queues them when it is done.
+                    let (store, keys, kind) = (self.store.clone(), self.keys.clone(), *kind);
+                    tokio::spawn(async move {
+                        match store.list(Some(kind.name()), Some(&namespace)).await {
+                            Ok(objects) => {
+                                for object in objects {
+                                    let _ = keys.send(object.key);
+                                }
+                            }
+                            Err(error) => warn!(
+                                kind = kind.name(),
+                                %namespace,
+                                "could not list the objects related to a change: {error:#}"
+                            ),
+                        }
+                    });
+                    continue;
+                }
                 let _ = self.keys.send(Key {
                     kind: kind.name().to_owned(),
                     namespace,
