@@ -165,11 +165,11 @@ pub fn spec_or_lifecycle<K: Resource>(object: &K) -> Option<u64> {
 
 fn guard_meta<K: Resource>(
     guard: &DeserializeGuard<K>,
-) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta> {
-    Some(match &guard.0 {
+) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    match &guard.0 {
         Ok(object) => object.meta(),
         Err(invalid) => &invalid.metadata,
-    })
+    }
 }
 
 fn guard_uid<K: Resource>(guard: &DeserializeGuard<K>) -> Option<String> {
@@ -411,13 +411,21 @@ pub async fn run<R>(
             let mut names = Vec::new();
             for (namespace, name) in (relation.map)(&value) {
                 if name == crate::runtime::objects::EVERY {
+                    let wanted =
+                        |guard: &DeserializeGuard<R::Object>| match (&guard.0, relation.every) {
+                            (Ok(object), Some(every)) => {
+                                every(&serde_json::to_value(object).unwrap_or_default())
+                            }
+                            // One that cannot be read is reconciled to say so.
+                            _ => true,
+                        };
                     names.extend(
                         reader
                             .state()
                             .iter()
-                            .filter_map(|o| guard_meta(o))
-                            .filter(|meta| meta.namespace.as_deref() == Some(&namespace))
-                            .filter_map(|meta| meta.name.clone())
+                            .filter(|o| guard_meta(o).namespace.as_deref() == Some(&namespace))
+                            .filter(|o| wanted(o))
+                            .filter_map(|o| guard_meta(o).name.clone())
                             .map(|name| (namespace.clone(), name)),
                     );
                 } else {

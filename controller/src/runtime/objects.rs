@@ -167,6 +167,9 @@ pub const EVERY: &str = "*";
 pub struct Relation {
     pub from: Kind,
     pub map: fn(&Value) -> Vec<(String, String)>,
+    /// With [`EVERY`]: only the objects of the namespace whose manifest (without status) this
+    /// accepts, so that a change reaches the few objects it can concern and not every one.
+    pub every: Option<fn(&Value) -> bool>,
 }
 
 #[cfg(test)]

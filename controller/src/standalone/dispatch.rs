@@ -118,8 +118,13 @@ impl Workers {
                     // Which objects those are is a read of the state database, which this
                     // (synchronous) call cannot wait for: the list queues them when it is done.
                     let (store, keys, kind) = (self.store.clone(), self.keys.clone(), *kind);
+                    let every = relation.every;
                     tokio::spawn(async move {
-                        match store.list(Some(kind.name()), Some(&namespace)).await {
+                        let keep = |manifest: &serde_json::Value| every.is_none_or(|f| f(manifest));
+                        match store
+                            .list_where(Some(kind.name()), Some(&namespace), keep)
+                            .await
+                        {
                             Ok(objects) => {
                                 for object in objects {
                                     let _ = keys.send(object.key);

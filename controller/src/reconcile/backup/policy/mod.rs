@@ -119,6 +119,7 @@ impl Reconciler for BackupPolicies {
         vec![Relation {
             from: Kind::BackupValidationRun,
             map: policy_of_run,
+            every: None,
         }]
     }
 }
