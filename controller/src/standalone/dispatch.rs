@@ -71,6 +71,10 @@ pub(super) struct Workers {
     pub(super) keys: UnboundedSender<Key>,
     /// Failures of the state database around a reconcile, per object.
     pub(super) state_backoff: Backoff,
+    /// The (kind, namespace, relation) lists of [`EVERY`] waiting to run: a burst of changes
+    /// (a cold start writing a thousand statuses) makes one list, not one per change.
+    pub(super) every_pending:
+        Arc<std::sync::Mutex<std::collections::HashSet<(Kind, String, usize)>>>,
 }
 
 impl Workers {
@@ -112,14 +116,30 @@ impl Workers {
             return;
         }
         let full = object.full();
-        for (kind, relation) in self.relations.iter().filter(|(_, r)| r.from == from) {
+        let related = self.relations.iter().enumerate();
+        for (index, (kind, relation)) in related.filter(|(_, (_, r))| r.from == from) {
             for (namespace, name) in (relation.map)(&full) {
                 if name == EVERY {
                     // Which objects those are is a read of the state database, which this
                     // (synchronous) call cannot wait for: the list queues them when it is done.
+                    let pending = (*kind, namespace.clone(), index);
+                    let waiting = self.every_pending.clone();
+                    let fresh = waiting
+                        .lock()
+                        .map(|mut set| set.insert(pending.clone()))
+                        .unwrap_or(true);
+                    if !fresh {
+                        // A list not yet begun will see this change too.
+                        continue;
+                    }
                     let (store, keys, kind) = (self.store.clone(), self.keys.clone(), *kind);
                     let every = relation.every;
                     tokio::spawn(async move {
+                        // From here on a change needs a list of its own: this one may have
+                        // read past it.
+                        if let Ok(mut set) = waiting.lock() {
+                            set.remove(&pending);
+                        }
                         let keep = |manifest: &serde_json::Value| every.is_none_or(|f| f(manifest));
                         match store
                             .list_where(Some(kind.name()), Some(&namespace), keep)

@@ -124,6 +124,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         relations: controllers.relations,
         keys: keys_tx.clone(),
         state_backoff: Backoff::default(),
+        every_pending: Default::default(),
     });
     let (changed_tx, changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut scanner = Scanner::new(
