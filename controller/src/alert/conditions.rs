@@ -35,9 +35,10 @@ fn selected(names: &[String], name: &str) -> bool {
     names.is_empty() || names.iter().any(|n| n == name)
 }
 
-/// `certificateExpiry`: every selected Proxy whose certificate expires within `within` (or
-/// has expired), and every one whose issuance failed [`FAILED_ISSUANCES`] times in a row
-/// with no certificate to serve.
+/// `certificateExpiry`: every selected Proxy with TLS whose certificate expires within
+/// `within` (or has expired), and every one whose issuance failed [`FAILED_ISSUANCES`] times
+/// in a row with no certificate to serve. A Proxy whose TLS was turned off has nothing to
+/// expire, whatever its status still shows.
 pub fn certificate_expiry(
     spec: &CertificateExpiry,
     within: Duration,
@@ -48,7 +49,7 @@ pub fn certificate_expiry(
     let mut found = Found::default();
     for proxy in proxies {
         let name = name_of(proxy);
-        if !selected(&spec.proxies, &name) {
+        if !selected(&spec.proxies, &name) || proxy.spec.tls.is_none() {
             continue;
         }
         let Some(certificate) = proxy.status.as_ref().and_then(|s| s.certificate.as_ref()) else {
@@ -150,7 +151,8 @@ mod tests {
         let mut proxy: Proxy = serde_json::from_value(serde_json::json!({
             "apiVersion": "infrapilot.io/v1alpha1", "kind": "Proxy",
             "metadata": {"name": name, "namespace": "shop"},
-            "spec": {"hosts": ["shop.example.com"], "upstream": {"name": "shop", "port": 80}},
+            "spec": {"hosts": ["shop.example.com"], "upstream": {"name": "shop", "port": 80},
+                "tls": {"secretName": "shop-tls"}},
         }))
         .unwrap();
         proxy.status = Some(ProxyStatus {
@@ -182,6 +184,11 @@ mod tests {
         let found = certificate_expiry(&spec, Duration::from_secs(7 * 86_400), &proxies, now());
         let subjects: Vec<_> = found.observed.iter().map(|o| o.subject.as_str()).collect();
         assert_eq!(subjects, ["soon", "gone"]);
+        // TLS turned off: what the status still shows expires nothing.
+        let mut plain = proxy("was-tls", expiring("2026-12-05T12:00:00Z"));
+        plain.spec.tls = None;
+        let off = certificate_expiry(&spec, Duration::from_secs(7 * 86_400), &[plain], now());
+        assert!(off.observed.is_empty());
         assert!(found.observed[0].message.starts_with("expires in 3d 0h"));
         assert!(found.observed[1].message.starts_with("expired 3d 0h ago"));
         assert_eq!(found.observed[0].labels["proxy"], "soon");

@@ -7,6 +7,7 @@
 //! changed.
 
 pub mod alert_channel;
+pub mod alert_rule;
 pub mod backup;
 pub mod proxy;
 #[cfg(test)]

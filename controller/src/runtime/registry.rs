@@ -7,6 +7,7 @@ use crate::api::Kind;
 use crate::kubernetes::controller::ScopedApi;
 use crate::reconcile::Reconciler;
 use crate::reconcile::alert_channel::AlertChannels;
+use crate::reconcile::alert_rule::AlertRules;
 use crate::reconcile::backup::{BackupPolicies, BackupRuns};
 use crate::reconcile::proxy::Proxies;
 
@@ -20,10 +21,11 @@ pub trait Register {
         R::Object: ScopedApi;
 }
 
-/// Every kind that has a reconciler. The kinds not listed (AlertRule, Tenant) are validated,
-/// stored and shown, and left alone until theirs lands.
+/// Every kind that has a reconciler. The kind not listed (Tenant) is validated, stored and
+/// shown, and left alone until its reconciler lands.
 pub fn register(into: &mut impl Register) {
     into.add(|_| AlertChannels);
+    into.add(|s| AlertRules::new(s.objects.clone()));
     into.add(|s| {
         Proxies::new(
             s.objects.clone(),

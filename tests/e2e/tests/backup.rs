@@ -98,7 +98,7 @@ async fn exists(container: &str) -> bool {
     !output.stdout.is_empty()
 }
 
-async fn audit(dir: &Path) -> Vec<Value> {
+pub(crate) async fn audit(dir: &Path) -> Vec<Value> {
     let export = cli(dir, &["audit", "export", "--format", "json"])
         .await
         .expect("the audit log exports");

@@ -3,6 +3,7 @@
 //! Run them with `tests/run.sh` (README.md, "Tests"), which provisions the dependencies they
 //! talk to. A test whose dependency is missing fails and says what is missing.
 
+mod alert_rule;
 mod audit;
 mod backup;
 mod backup_engine;

@@ -24,9 +24,10 @@ use serde_json::json;
 /// Leader election under faults: a killed leader, a leader that cannot renew, conflicts.
 mod leader;
 
-const RESOURCES: [&str; 8] = [
+const RESOURCES: [&str; 9] = [
     "apiextensions.k8s.io/v1/customresourcedefinitions",
     "infrapilot.io/v1alpha1/alertchannels",
+    "infrapilot.io/v1alpha1/alertrules",
     "infrapilot.io/v1alpha1/proxies",
     "infrapilot.io/v1alpha1/backupvalidationpolicies",
     "infrapilot.io/v1alpha1/backupvalidationruns",
@@ -53,6 +54,7 @@ async fn cluster() -> (KubeEmulator, kube::Client, WebhookServer) {
 async fn install_crd(client: kube::Client) {
     for kind in [
         Kind::AlertChannel,
+        Kind::AlertRule,
         Kind::Proxy,
         Kind::BackupValidationPolicy,
         Kind::BackupValidationRun,
@@ -573,6 +575,70 @@ async fn a_backup_policy_creates_an_owned_run_that_restores_and_reports_in_the_c
         }
     })
     .await;
+    operator.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rule_on_a_failing_policy_gets_its_status_written_and_notifies_in_the_cluster() {
+    let (emulator, client, hook) = cluster().await;
+    let dir = env::test_dir(&names::unique("k8s-alert"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let corrupt = dir.join("corrupt.dump");
+    std::fs::write(&corrupt, b"not a dump").unwrap();
+    let operator = start_replica(&emulator, "alerts");
+    let create = |api: Api<DynamicObject>, object: serde_json::Value| async move {
+        let object: DynamicObject = serde_json::from_value(object).unwrap();
+        api.create(&PostParams::default(), &object).await.unwrap();
+    };
+    create(
+        channels(client.clone()),
+        json!({"apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertChannel",
+            "metadata": {"name": "ops", "namespace": "default"},
+            "spec": {"webhook": {"url": hook.url("/alerts")}}}),
+    )
+    .await;
+    let rules = infrapilot_api(client.clone(), "AlertRule", "alertrules");
+    create(
+        rules.clone(),
+        json!({"apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertRule",
+            "metadata": {"name": "backups", "namespace": "default"},
+            "spec": {"backupValidationFailed": {"consecutiveFailures": 1},
+                "groupWait": "0s", "channels": [{"name": "ops"}]}}),
+    )
+    .await;
+    create(
+        infrapilot_api(client, "BackupValidationPolicy", "backupvalidationpolicies"),
+        json!({"apiVersion": "infrapilot.io/v1alpha1", "kind": "BackupValidationPolicy",
+            "metadata": {"name": "nightly", "namespace": "default"},
+            "spec": {"source": {"path": corrupt}, "engine": {"image": images::POSTGRES},
+                "schedule": "0 3 * * *", "runOnCreate": true}}),
+    )
+    .await;
+
+    // The run fails at its format check; the policy's status change brings the rule, which
+    // fires and tells the channel in Alertmanager's words.
+    let requests = hook.wait_for_requests(1, Duration::from_secs(60)).await;
+    let body = requests[0].json().unwrap();
+    assert_eq!(body["version"], "4", "{body:#}\n{}", operator.log());
+    assert_eq!(body["status"], "firing");
+    assert_eq!(body["alerts"][0]["labels"]["policy"], "nightly");
+    let rule = eventually("the rule's status", Duration::from_secs(30), || async {
+        let rule = rules.get("backups").await.map_err(|e| e.to_string())?;
+        if rule.data["status"]["state"] == "Firing"
+            && rule.data["status"]["channels"][0]["notified"][0] == "nightly"
+        {
+            Ok(rule)
+        } else {
+            Err(format!("{:#}", rule.data["status"]))
+        }
+    })
+    .await;
+    assert_eq!(
+        ready(&rule),
+        Some(("True".to_owned(), "Evaluated".to_owned()))
+    );
+    assert_eq!(rule.data["status"]["observedGeneration"], 1);
+    assert_eq!(hook.requests().len(), 1, "told once");
     operator.stop().await.unwrap();
 }
 

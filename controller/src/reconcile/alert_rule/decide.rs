@@ -1,0 +1,274 @@
+//! The pure steps: the spec checked and parsed, the condition evaluated on what was observed,
+//! Alertmanager's timing stepped, and the status built from the outcome.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::alert::conditions::{self, Found};
+use crate::alert::timing::{self, Ledger, Step, Timing};
+use crate::api::alert::{
+    AlertRule, AlertRuleSpec, AlertRuleStatus, BackupValidationFailed, CertificateExpiry,
+};
+use crate::api::backup::BackupValidationPolicy;
+use crate::api::common::parse_duration;
+use crate::api::proxy::Proxy;
+use crate::status::{self, Observation};
+
+/// A field that cannot be used as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// What the rule watches.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Condition {
+    CertificateExpiry {
+        spec: CertificateExpiry,
+        within: Duration,
+    },
+    BackupValidationFailed(BackupValidationFailed),
+    /// A condition on the world outside the API, evaluated from its own source.
+    Outside(&'static str),
+}
+
+impl Condition {
+    /// The condition's field name, as the `condition` label has it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Condition::CertificateExpiry { .. } => "certificateExpiry",
+            Condition::BackupValidationFailed(_) => "backupValidationFailed",
+            Condition::Outside(name) => name,
+        }
+    }
+}
+
+/// The spec, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub condition: Condition,
+    pub timing: Timing,
+}
+
+fn duration(field: &'static str, text: &str) -> Result<Duration, Invalid> {
+    parse_duration(text).ok_or_else(|| Invalid {
+        field,
+        reason: format!("{text:?} is not a duration such as 90s, 5m or 1h30m"),
+    })
+}
+
+fn optional(field: &'static str, text: Option<&str>) -> Result<Duration, Invalid> {
+    text.map_or(Ok(Duration::ZERO), |t| duration(field, t))
+}
+
+/// Checks the spec: exactly one condition, every duration in the grammar.
+pub fn validate(spec: &AlertRuleSpec) -> Result<Settings, Invalid> {
+    let set = [
+        spec.container_crash.is_some(),
+        spec.certificate_expiry.is_some(),
+        spec.error_rate.is_some(),
+        spec.error_spike.is_some(),
+        spec.backup_validation_failed.is_some(),
+    ]
+    .iter()
+    .filter(|set| **set)
+    .count();
+    if set != 1 {
+        return Err(Invalid {
+            field: "spec",
+            reason: format!(
+                "exactly one of containerCrash, certificateExpiry, errorRate, errorSpike or \
+                 backupValidationFailed must be set, not {set}"
+            ),
+        });
+    }
+    let condition = if let Some(expiry) = &spec.certificate_expiry {
+        Condition::CertificateExpiry {
+            within: duration("spec.certificateExpiry.within", &expiry.within)?,
+            spec: expiry.clone(),
+        }
+    } else if let Some(failed) = &spec.backup_validation_failed {
+        Condition::BackupValidationFailed(failed.clone())
+    } else if spec.container_crash.is_some() {
+        Condition::Outside("containerCrash")
+    } else if spec.error_rate.is_some() {
+        Condition::Outside("errorRate")
+    } else {
+        Condition::Outside("errorSpike")
+    };
+    let timing = Timing {
+        for_: optional("spec.for", spec.for_.as_deref())?,
+        keep_firing_for: optional("spec.keepFiringFor", spec.keep_firing_for.as_deref())?,
+        group_wait: duration("spec.groupWait", &spec.group_wait)?,
+        repeat_interval: duration("spec.repeatInterval", &spec.repeat_interval)?,
+        send_resolved: spec.send_resolved,
+        silenced_until: spec.silenced_until.as_ref().map(|t| t.0),
+    };
+    if timing.repeat_interval < Duration::from_secs(60) {
+        return Err(Invalid {
+            field: "spec.repeatInterval",
+            reason: "must be at least 1m, so that a firing alert does not flood its channels"
+                .to_owned(),
+        });
+    }
+    Ok(Settings { condition, timing })
+}
+
+/// The objects the condition reads, as observed.
+#[derive(Clone, Debug, Default)]
+pub struct Watched {
+    pub proxies: Vec<Proxy>,
+    pub policies: Vec<BackupValidationPolicy>,
+}
+
+/// Evaluates the condition on what was observed.
+pub fn evaluate(condition: &Condition, watched: &Watched, now: Timestamp) -> Found {
+    match condition {
+        Condition::CertificateExpiry { spec, within } => {
+            conditions::certificate_expiry(spec, *within, &watched.proxies, now)
+        }
+        Condition::BackupValidationFailed(spec) => {
+            conditions::backup_validation_failed(spec, &watched.policies)
+        }
+        Condition::Outside(_) => Found::default(),
+    }
+}
+
+/// The ledger the status carries.
+pub fn ledger(status: &AlertRuleStatus) -> Ledger {
+    Ledger {
+        active: status.active_alerts.clone(),
+        resolved: status.resolved_alerts.clone(),
+        channels: status.channels.clone(),
+    }
+}
+
+/// The rule's channels, by name, in the spec's order.
+pub fn channels(rule: &AlertRule) -> Vec<String> {
+    rule.spec.channels.iter().map(|c| c.name.clone()).collect()
+}
+
+/// One evaluation, before any delivery.
+pub fn decide(rule: &AlertRule, settings: &Settings, found: &Found, now: Timestamp) -> Step {
+    let current = rule.status.clone().unwrap_or_default();
+    timing::step(
+        &settings.timing,
+        &ledger(&current),
+        &found.observed,
+        &channels(rule),
+        now,
+    )
+}
+
+/// Why the rule cannot notify every channel, if it cannot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelProblem {
+    pub channel: String,
+    /// `ChannelNotFound` or `ChannelNotReady`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The status after the evaluation and its deliveries. `lastEvaluationTime` moves only with
+/// something else: an evaluation that finds nothing new writes nothing, so that a quiet rule
+/// costs no status writes at each resync.
+pub fn status(
+    rule: &AlertRule,
+    settings: &Settings,
+    ledger: &Ledger,
+    problems: &[ChannelProblem],
+    now: Timestamp,
+) -> AlertRuleStatus {
+    let current = rule.status.clone().unwrap_or_default();
+    let generation = rule.metadata.generation;
+    let mut status = AlertRuleStatus {
+        observed_generation: generation,
+        conditions: current.conditions.clone(),
+        state: Some(ledger.state()),
+        active_alerts: ledger.active.clone(),
+        resolved_alerts: ledger.resolved.clone(),
+        channels: ledger.channels.clone(),
+        last_evaluation_time: current.last_evaluation_time.clone(),
+        last_notification_time: ledger
+            .channels
+            .iter()
+            .filter_map(|c| c.last_notification_time.clone())
+            .max_by_key(|t| t.0),
+    };
+    let failing: Vec<String> = ledger
+        .channels
+        .iter()
+        .filter(|c| c.failures > 0)
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c.name,
+                c.last_failure.as_deref().unwrap_or("delivery failed")
+            )
+        })
+        .collect();
+    let observation = if let Condition::Outside(name) = settings.condition {
+        Observation::ready(
+            false,
+            "NotEvaluated",
+            format!("{name} is not evaluated by this version of InfraPilot yet"),
+        )
+    } else if let Some(problem) = problems.first() {
+        Observation::ready(
+            false,
+            problem.reason,
+            format!("AlertChannel {}: {}", problem.channel, problem.message),
+        )
+    } else if !failing.is_empty() {
+        Observation::ready(
+            false,
+            "DeliveryFailed",
+            format!(
+                "notifications fail, retried with backoff: {}",
+                failing.join("; ")
+            ),
+        )
+    } else {
+        let count = |state| ledger.active.iter().filter(|a| a.state == state).count();
+        Observation::ready(
+            true,
+            "Evaluated",
+            format!(
+                "{}: {} firing, {} pending",
+                settings.condition.name(),
+                count(crate::api::alert::AlertState::Firing),
+                count(crate::api::alert::AlertState::Pending),
+            ),
+        )
+    };
+    status::set(&mut status.conditions, observation, generation, now);
+    let changed = AlertRuleStatus {
+        last_evaluation_time: None,
+        ..status.clone()
+    } != AlertRuleStatus {
+        last_evaluation_time: None,
+        ..current
+    };
+    if changed || status.last_evaluation_time.is_none() {
+        status.last_evaluation_time = Some(Time(now));
+    }
+    status
+}
+
+/// When to evaluate again: the earliest of what the timing (retries included) and the
+/// condition say.
+pub fn wake_at(
+    step_wake: Option<Timestamp>,
+    found: &Found,
+    ledger: &Ledger,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let condition = found.changes_at.filter(|t| *t > now);
+    [ledger.wake_at(step_wake, now), condition]
+        .into_iter()
+        .flatten()
+        .min()
+}

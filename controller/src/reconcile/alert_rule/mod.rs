@@ -1,0 +1,256 @@
+//! The AlertRule reconciler, a pipeline: validate (one condition, durations) → observe (the
+//! objects the condition reads, the rule's channels) → decide (pure: the condition evaluated,
+//! Alertmanager's timing stepped, see [`crate::alert::timing`]) → apply (deliver what is
+//! owed, each attempt audited) → status (the alerts and the notification log, so that a
+//! restarted operator neither sends twice nor forgets what it owes).
+//!
+//! The rule comes back when the time alone changes something (`for` elapsing, a group wait,
+//! a repeat, a retry, a certificate entering the window), when a TLS Proxy or a
+//! BackupValidationPolicy of its namespace changes (the relations below), and on the backoff
+//! while one of its channels is missing or not Ready.
+
+mod apply;
+mod decide;
+#[cfg(test)]
+mod tests;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub use decide::validate;
+
+use crate::api::Kind;
+use crate::api::alert::{AlertChannel, AlertRule, AlertRuleStatus};
+use crate::reconcile::{Applied, Category, Context, Failure, Reconciler, Requeue};
+use crate::runtime::objects::{EVERY, Objects, Relation, Selector, Typed};
+use crate::runtime::rbac::Rule;
+use crate::status::{self, Observation};
+use decide::{ChannelProblem, Condition, Watched};
+
+pub const CONTROLLER: &str = "alertrule";
+
+/// The AlertRule reconciler.
+pub struct AlertRules {
+    objects: Objects,
+}
+
+impl std::fmt::Debug for AlertRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AlertRules")
+    }
+}
+
+impl AlertRules {
+    pub fn new(objects: Objects) -> Self {
+        Self { objects }
+    }
+
+    /// The objects the condition reads. Fails only when they cannot be listed.
+    async fn watched(&self, namespace: &str, condition: &Condition) -> Result<Watched, Failure> {
+        Ok(match condition {
+            Condition::CertificateExpiry { spec, .. } => Watched {
+                proxies: self.named_or_all(namespace, &spec.proxies).await?,
+                ..Watched::default()
+            },
+            Condition::BackupValidationFailed(spec) => Watched {
+                policies: self.named_or_all(namespace, &spec.policies).await?,
+                ..Watched::default()
+            },
+            Condition::Outside(_) => Watched::default(),
+        })
+    }
+
+    /// The objects of `names` (every one of the namespace when empty), read one by one when
+    /// named: a rule on one Proxy of a namespace with thousands reads one.
+    async fn named_or_all<K: Typed>(
+        &self,
+        namespace: &str,
+        names: &[String],
+    ) -> Result<Vec<K>, Failure> {
+        if names.is_empty() {
+            return self.objects.list(namespace, &Selector::everything()).await;
+        }
+        let mut found = Vec::new();
+        for name in names {
+            found.extend(self.objects.get::<K>(namespace, name).await?);
+        }
+        Ok(found)
+    }
+
+    /// Channels that are missing or not Ready: shown on the rule, which still evaluates (and
+    /// notifies the channels that work).
+    async fn channel_problems(&self, rule: &AlertRule, namespace: &str) -> Vec<ChannelProblem> {
+        let mut problems = Vec::new();
+        for name in decide::channels(rule) {
+            let problem = match self.objects.get::<AlertChannel>(namespace, &name).await {
+                Ok(Some(channel)) => {
+                    let status = channel.status.unwrap_or_default();
+                    match status.conditions.get(status::READY) {
+                        Some(ready) if ready.status == "False" => {
+                            Some(("ChannelNotReady", format!("not Ready: {}", ready.message)))
+                        }
+                        _ => None,
+                    }
+                }
+                Ok(None) => Some(("ChannelNotFound", "does not exist".to_owned())),
+                Err(failure) => Some(("ChannelNotReady", failure.message)),
+            };
+            if let Some((reason, message)) = problem {
+                problems.push(ChannelProblem {
+                    channel: name,
+                    reason,
+                    message,
+                });
+            }
+        }
+        problems
+    }
+}
+
+/// The rules of the changed object's namespace (those `every` accepts): which of them read
+/// it by name is in their specs, and reading that here would mean a list per change.
+fn rules_in_namespace(object: &Value) -> Vec<(String, String)> {
+    object["metadata"]["namespace"]
+        .as_str()
+        .map(|namespace| vec![(namespace.to_owned(), EVERY.to_owned())])
+        .unwrap_or_default()
+}
+
+/// A Proxy concerns certificate rules only when it has TLS: the thousands of plain Proxies of a
+/// host never bring a rule back.
+fn tls_proxy(object: &Value) -> Vec<(String, String)> {
+    if object["spec"]["tls"].is_object() {
+        rules_in_namespace(object)
+    } else {
+        Vec::new()
+    }
+}
+
+fn watches_certificates(rule: &Value) -> bool {
+    rule["spec"]["certificateExpiry"].is_object()
+}
+
+fn watches_backups(rule: &Value) -> bool {
+    rule["spec"]["backupValidationFailed"].is_object()
+}
+
+#[async_trait]
+impl Reconciler for AlertRules {
+    type Object = AlertRule;
+    type Status = AlertRuleStatus;
+
+    const CONTROLLER: &'static str = CONTROLLER;
+    // A rule owns nothing outside its object.
+    const FINALIZER: Option<&'static str> = None;
+
+    fn status(object: &Self::Object) -> Option<&Self::Status> {
+        object.status.as_ref()
+    }
+
+    fn set_status(object: &mut Self::Object, status: Self::Status) {
+        object.status = Some(status);
+    }
+
+    async fn reconcile(&self, rule: &AlertRule, ctx: &Context) -> Applied<Self::Status> {
+        let now = (ctx.now)();
+        let namespace = rule.metadata.namespace.clone().unwrap_or_default();
+        let current = rule.status.clone().unwrap_or_default();
+        let settings = match validate(&rule.spec) {
+            Ok(settings) => settings,
+            Err(invalid) => {
+                let mut status = AlertRuleStatus {
+                    observed_generation: rule.metadata.generation,
+                    ..current
+                };
+                let message = format!("{}: {}", invalid.field, invalid.reason);
+                status::set(
+                    &mut status.conditions,
+                    Observation::ready(false, "InvalidSpec", &message),
+                    rule.metadata.generation,
+                    now,
+                );
+                return Applied {
+                    status,
+                    requeue: Requeue::OnChange,
+                    failure: None,
+                };
+            }
+        };
+        let watched = match self.watched(&namespace, &settings.condition).await {
+            Ok(watched) => watched,
+            Err(failure) => {
+                return Applied {
+                    status: current,
+                    requeue: Requeue::OnChange,
+                    failure: Some(failure),
+                };
+            }
+        };
+        // A rule that cannot be evaluated has nothing to send yet.
+        let problems = match settings.condition {
+            Condition::Outside(_) => Vec::new(),
+            _ => self.channel_problems(rule, &namespace).await,
+        };
+        let found = decide::evaluate(&settings.condition, &watched, now);
+        let step = decide::decide(rule, &settings, &found, now);
+        let mut ledger = step.ledger;
+        let failure = apply::deliver(
+            &self.objects,
+            rule,
+            settings.condition.name(),
+            step.notifications,
+            &mut ledger,
+            ctx,
+            now,
+        )
+        .await;
+        // A channel that is missing or not Ready is the rule's failure, retried on the
+        // backoff until it is there (channels are not watched: a namespace's rules would all
+        // be read again at every channel's status write).
+        let failure = failure.or_else(|| {
+            problems.first().map(|problem| Failure {
+                category: Category::Config,
+                message: format!("AlertChannel {}: {}", problem.channel, problem.message),
+            })
+        });
+        let status = decide::status(rule, &settings, &ledger, &problems, now);
+        let requeue = match decide::wake_at(step.wake_at, &found, &ledger, now) {
+            Some(at) => Requeue::After(
+                at.duration_since(now)
+                    .try_into()
+                    .unwrap_or(std::time::Duration::from_secs(1)),
+            ),
+            None => Requeue::OnChange,
+        };
+        Applied {
+            status,
+            requeue,
+            failure,
+        }
+    }
+
+    async fn cleanup(&self, _rule: &AlertRule, _ctx: &Context) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    const RBAC: &'static [Rule] = &[
+        // Notifications go to the rule's channels, with their Secrets.
+        Rule::infrapilot(&["alertchannels"], &["get"]),
+        Rule::secrets(),
+    ];
+
+    fn relations() -> Vec<Relation> {
+        vec![
+            Relation {
+                from: Kind::Proxy,
+                map: tls_proxy,
+                every: Some(watches_certificates),
+            },
+            Relation {
+                from: Kind::BackupValidationPolicy,
+                map: rules_in_namespace,
+                every: Some(watches_backups),
+            },
+        ]
+    }
+}

@@ -1,0 +1,239 @@
+//! The AlertRule pipeline on in-memory objects and a recording notifier: what fires, what is
+//! sent (Alertmanager's body to webhooks), what the status keeps, and what a missing or
+//! failing channel does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::api::alert::AlertState;
+use crate::api::backup::BackupValidationPolicy;
+use crate::delivery::{DeliveryError, MessageKind};
+use crate::reconcile::tests_support::{MemoryObjects, Recorder, context, fixed_now};
+use crate::secrets::SecretMap;
+
+fn rule(spec: serde_json::Value, status: Option<&AlertRuleStatus>) -> AlertRule {
+    let mut object = json!({
+        "apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertRule",
+        "metadata": {"name": "backups", "namespace": "shop", "uid": "rule-uid", "generation": 1},
+        "spec": spec,
+    });
+    if let Some(status) = status {
+        object["status"] = serde_json::to_value(status).unwrap();
+    }
+    serde_json::from_value(object).unwrap()
+}
+
+fn backup_rule() -> serde_json::Value {
+    json!({
+        "backupValidationFailed": {"consecutiveFailures": 2},
+        "groupWait": "0s",
+        "channels": [{"name": "hook"}],
+    })
+}
+
+fn policy(name: &str, failures: u32) -> BackupValidationPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "infrapilot.io/v1alpha1", "kind": "BackupValidationPolicy",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"schedule": "30 3 * * *", "source": {"path": "/backups/app.dump"}},
+        "status": {"consecutiveFailures": failures},
+    }))
+    .unwrap()
+}
+
+fn hook() -> AlertChannel {
+    serde_json::from_value(json!({
+        "apiVersion": "infrapilot.io/v1alpha1", "kind": "AlertChannel",
+        "metadata": {"name": "hook", "namespace": "shop"},
+        "spec": {"webhook": {"url": "http://127.0.0.1:9/hook"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Configured",
+            "message": "ok", "lastTransitionTime": "2027-01-01T00:00:00Z"}]},
+    }))
+    .unwrap()
+}
+
+fn ready(status: &AlertRuleStatus) -> (String, String, String) {
+    let c = status.conditions.get("Ready").expect("a Ready condition");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+#[tokio::test]
+async fn a_failing_policy_fires_notifies_once_and_resolves_on_success() {
+    let objects = Arc::new(MemoryObjects::with([
+        policy("nightly", 2),
+        policy("weekly", 1),
+    ]));
+    objects.put(&hook());
+    let recorder = Arc::new(Recorder::default());
+    let ctx = context(&recorder, SecretMap::default());
+    let rules = AlertRules::new(objects.port());
+
+    let applied = rules.reconcile(&rule(backup_rule(), None), &ctx).await;
+    // Told; the next look is the repeat.
+    assert_eq!(
+        applied.requeue,
+        Requeue::After(Duration::from_secs(4 * 3600))
+    );
+    let status = applied.status;
+    assert_eq!(status.state, Some(AlertState::Firing));
+    assert_eq!(status.active_alerts.len(), 1, "only nightly failed twice");
+    assert_eq!(status.active_alerts[0].subject, "nightly");
+    assert_eq!(ready(&status).0, "True");
+    assert_eq!(status.channels[0].notified, ["nightly"]);
+    assert_eq!(
+        status.last_notification_time.as_ref().unwrap().0,
+        fixed_now()
+    );
+    {
+        let deliveries = recorder.deliveries.lock().unwrap();
+        assert_eq!(deliveries.len(), 1);
+        let message = &deliveries[0].1;
+        assert_eq!(message.kind, MessageKind::Firing);
+        assert!(message.title.contains("[FIRING:1]") && message.title.contains("nightly"));
+        let group = message.alerts.as_ref().expect("Alertmanager's group");
+        assert_eq!(group.receiver, "hook");
+        assert_eq!(group.alerts[0].labels["policy"], "nightly");
+        assert_eq!(group.alerts[0].labels["alertname"], "backups");
+    }
+    let audit = recorder.audit.lock().unwrap().clone();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].action, "notification.send");
+    assert!(
+        audit[0].detail.contains("firing: nightly"),
+        "{}",
+        audit[0].detail
+    );
+
+    // Again with the status it wrote: nothing new is sent, and the status does not move.
+    let again = rules
+        .reconcile(&rule(backup_rule(), Some(&status)), &ctx)
+        .await;
+    assert_eq!(again.status, status);
+    assert_eq!(recorder.deliveries.lock().unwrap().len(), 1);
+
+    // A run succeeds: the alert resolves and the channel is told.
+    objects.put(&policy("nightly", 0));
+    let resolved = rules
+        .reconcile(&rule(backup_rule(), Some(&status)), &ctx)
+        .await;
+    assert_eq!(resolved.status.state, Some(AlertState::Inactive));
+    assert!(resolved.status.active_alerts.is_empty());
+    assert!(
+        resolved.status.resolved_alerts.is_empty(),
+        "told, so forgotten"
+    );
+    let deliveries = recorder.deliveries.lock().unwrap();
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!(deliveries[1].1.kind, MessageKind::Resolved);
+    assert_eq!(deliveries[1].1.alerts.as_ref().unwrap().status, "resolved");
+}
+
+#[tokio::test]
+async fn a_missing_channel_is_shown_and_its_delivery_retried_on_the_backoff() {
+    let objects = Arc::new(MemoryObjects::with([policy("nightly", 3)]));
+    let recorder = Arc::new(Recorder::default());
+    let ctx = context(&recorder, SecretMap::default());
+    let rules = AlertRules::new(objects.port());
+
+    let applied = rules.reconcile(&rule(backup_rule(), None), &ctx).await;
+    assert_eq!(applied.status.state, Some(AlertState::Firing));
+    let (status, reason, message) = ready(&applied.status);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ChannelNotFound")
+    );
+    assert!(message.contains("hook"), "{message}");
+    let log = &applied.status.channels[0];
+    assert_eq!(log.failures, 1);
+    assert!(log.notified.is_empty());
+    // Config's schedule: 15 s after the first failure.
+    assert_eq!(applied.requeue, Requeue::After(Duration::from_secs(15)));
+    assert!(applied.failure.is_some());
+    assert!(recorder.deliveries.lock().unwrap().is_empty());
+    let events = recorder.events.lock().unwrap().clone();
+    assert_eq!(events[0].reason, "NotificationFailed");
+}
+
+#[tokio::test]
+async fn a_refused_delivery_is_kept_owed_and_sent_when_the_retry_falls_due() {
+    let objects = Arc::new(MemoryObjects::with([policy("nightly", 2)]));
+    objects.put(&hook());
+    let recorder = Arc::new(Recorder::default());
+    recorder
+        .answers
+        .lock()
+        .unwrap()
+        .push(Err(DeliveryError::Unreachable {
+            target: "webhook http://127.0.0.1:9".into(),
+            reason: "connection refused".into(),
+        }));
+    let ctx = context(&recorder, SecretMap::default());
+    let rules = AlertRules::new(objects.port());
+
+    let failed = rules.reconcile(&rule(backup_rule(), None), &ctx).await;
+    let (_, reason, message) = ready(&failed.status);
+    assert_eq!(reason, "DeliveryFailed");
+    assert!(message.contains("connection refused"), "{message}");
+    assert_eq!(failed.requeue, Requeue::After(Duration::from_secs(5)));
+    // Before the retry is due (same instant), nothing is tried again.
+    let early = rules
+        .reconcile(&rule(backup_rule(), Some(&failed.status)), &ctx)
+        .await;
+    assert_eq!(recorder.deliveries.lock().unwrap().len(), 1);
+    assert_eq!(early.status.channels[0].failures, 1);
+}
+
+#[tokio::test]
+async fn a_condition_read_from_outside_says_it_is_not_evaluated_yet() {
+    let objects = Arc::new(MemoryObjects::default());
+    let recorder = Arc::new(Recorder::default());
+    let ctx = context(&recorder, SecretMap::default());
+    let rules = AlertRules::new(objects.port());
+    let spec = json!({"containerCrash": {"names": ["api"]}, "channels": [{"name": "hook"}]});
+    let applied = rules.reconcile(&rule(spec, None), &ctx).await;
+    let (status, reason, _) = ready(&applied.status);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "NotEvaluated")
+    );
+    assert_eq!(applied.requeue, Requeue::OnChange);
+}
+
+#[tokio::test]
+async fn a_bad_duration_is_refused_naming_the_field() {
+    let objects = Arc::new(MemoryObjects::default());
+    let recorder = Arc::new(Recorder::default());
+    let ctx = context(&recorder, SecretMap::default());
+    let rules = AlertRules::new(objects.port());
+    let mut spec = backup_rule();
+    spec["repeatInterval"] = json!("10s");
+    let applied = rules.reconcile(&rule(spec, None), &ctx).await;
+    let (status, reason, message) = ready(&applied.status);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.starts_with("spec.repeatInterval:"), "{message}");
+}
+
+#[test]
+fn a_change_brings_back_only_the_rules_it_can_concern() {
+    let relations = AlertRules::relations();
+    let froms: Vec<Kind> = relations.iter().map(|r| r.from).collect();
+    assert_eq!(froms, [Kind::Proxy, Kind::BackupValidationPolicy]);
+    // A TLS Proxy brings back the certificate rules of its namespace; a plain one nothing.
+    let tls = json!({"metadata": {"name": "shop", "namespace": "team-a"},
+        "spec": {"tls": {"secretName": "shop-tls"}}});
+    assert_eq!(
+        (relations[0].map)(&tls),
+        [("team-a".to_owned(), EVERY.to_owned())]
+    );
+    let plain = json!({"metadata": {"name": "shop", "namespace": "team-a"}, "spec": {}});
+    assert!((relations[0].map)(&plain).is_empty());
+    let certificates = json!({"spec": {"certificateExpiry": {"within": "14d"}}});
+    let backups = json!({"spec": {"backupValidationFailed": {}}});
+    let proxies_every = relations[0].every.unwrap();
+    let policies_every = relations[1].every.unwrap();
+    assert!(proxies_every(&certificates) && !proxies_every(&backups));
+    assert!(policies_every(&backups) && !policies_every(&certificates));
+}

@@ -1,0 +1,192 @@
+//! AlertRules end to end in standalone mode: real backup runs failing and succeeding, a real
+//! webhook receiver taking Alertmanager's body, a dead channel and a missing one next to it.
+
+use std::time::Duration;
+
+use infrapilot_e2e::dumps::{Fixture, Kind};
+use infrapilot_e2e::operator::Operator;
+use infrapilot_e2e::wait::eventually;
+use infrapilot_e2e::webhook::WebhookServer;
+use serde_json::Value;
+
+use crate::backup::{audit, policy};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+fn channel(name: &str, url: &str) -> String {
+    format!(
+        "apiVersion: infrapilot.io/v1alpha1\nkind: AlertChannel\nmetadata:\n  name: {name}\nspec:\n  webhook:\n    url: {url}\n"
+    )
+}
+
+fn rule(name: &str, channels: &[&str]) -> String {
+    let channels: String = channels
+        .iter()
+        .map(|c| format!("    - name: {c}\n"))
+        .collect();
+    format!(
+        "apiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: {name}\nspec:\n  \
+         backupValidationFailed:\n    policies: [nightly]\n    consecutiveFailures: 2\n  \
+         severity: Critical\n  groupWait: 0s\n  channels:\n{channels}"
+    )
+}
+
+/// The Alertmanager bodies the receiver got, in order.
+fn bodies(webhook: &WebhookServer) -> Vec<Value> {
+    webhook
+        .requests()
+        .iter()
+        .filter_map(|r| r.json().ok())
+        .filter(|b| b["version"] == "4")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_policy_failing_twice_fires_once_to_the_live_channel_and_resolves_on_success() {
+    let fixture = Fixture::make("alert-backup", &[Kind::Custom])
+        .await
+        .unwrap();
+    let webhook = WebhookServer::start().await.unwrap();
+    let dir = infrapilot_e2e::env::test_dir("alert-backup-operator");
+    let backups = fixture.dir.join("nightly");
+    std::fs::create_dir_all(&backups).unwrap();
+    std::fs::write(backups.join("2026-11-20.dump"), b"not a dump at all").unwrap();
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    let operator = Operator::start(&dir, &["run", "--manifests", "manifests"]).unwrap();
+    let manifests = operator.manifests();
+    // A closed port: the dead channel's deliveries fail and are retried on the backoff.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/dead", dead.local_addr().unwrap());
+    drop(dead);
+    std::fs::write(
+        manifests.join("channels.yaml"),
+        format!(
+            "{}---\n{}",
+            channel("hook", &webhook.url("/alerts")),
+            channel("dead", &dead_url)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.join("rules.yaml"),
+        format!(
+            "{}---\n{}",
+            rule("backups", &["hook", "dead"]),
+            rule("orphan", &["missing"])
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.join("policy.yaml"),
+        policy("nightly", &backups.join("*.dump"), "", "")
+            .replace("\"0 0 1 1 *\"", "\"*/5 * * * * *\""),
+    )
+    .unwrap();
+
+    // The second failed run fires; the live channel gets Alertmanager's body, once.
+    let fired = eventually("the firing notification", TIMEOUT, || async {
+        bodies(&webhook)
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{} requests so far", webhook.requests().len()))
+    })
+    .await;
+    let policy_now = operator.get("bvp", "nightly").await.unwrap();
+    assert!(
+        policy_now["status"]["consecutiveFailures"]
+            .as_u64()
+            .unwrap()
+            >= 2,
+        "fired before two failures: {:#}",
+        policy_now["status"]
+    );
+    assert_eq!(fired["status"], "firing");
+    assert_eq!(fired["receiver"], "hook");
+    assert_eq!(fired["commonLabels"]["alertname"], "backups");
+    assert_eq!(fired["commonLabels"]["severity"], "critical");
+    assert_eq!(fired["commonLabels"]["policy"], "nightly");
+    let alert = &fired["alerts"][0];
+    assert_eq!(alert["status"], "firing");
+    assert_eq!(alert["endsAt"], "0001-01-01T00:00:00Z");
+    assert!(
+        alert["fingerprint"].as_str().unwrap().len() == 16,
+        "{alert:#}"
+    );
+    assert!(
+        alert["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("failed validation runs in a row"),
+        "{alert:#}"
+    );
+    let firing = operator.get("alertrule", "backups").await.unwrap();
+    assert_eq!(
+        firing["status"]["state"], "Firing",
+        "{:#}",
+        firing["status"]
+    );
+    assert_eq!(firing["status"]["activeAlerts"][0]["subject"], "nightly");
+    let ready = infrapilot_e2e::wait::condition(&firing, "Ready").unwrap();
+    assert_eq!(ready["reason"], "DeliveryFailed", "{ready:#}");
+
+    // The neighbours: the rule with a missing channel says so; neither fails the other.
+    let orphan = operator
+        .wait_for_condition("alertrule", "orphan", "Ready", "False")
+        .await;
+    let orphan_ready = infrapilot_e2e::wait::condition(&orphan, "Ready").unwrap();
+    assert_eq!(
+        orphan_ready["reason"], "ChannelNotFound",
+        "{orphan_ready:#}"
+    );
+    assert_eq!(orphan["status"]["state"], "Firing");
+
+    // A good backup arrives: a run succeeds, the alert resolves and the channel is told.
+    std::fs::copy(fixture.path(Kind::Custom), backups.join("2026-11-21.dump")).unwrap();
+    let resolved = eventually("the resolved notification", TIMEOUT, || async {
+        bodies(&webhook)
+            .into_iter()
+            .find(|b| b["status"] == "resolved")
+            .ok_or_else(|| format!("{} bodies so far", bodies(&webhook).len()))
+    })
+    .await;
+    assert_eq!(resolved["alerts"][0]["status"], "resolved");
+    assert_ne!(resolved["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+    assert_eq!(
+        resolved["alerts"][0]["fingerprint"], alert["fingerprint"],
+        "the same alert resolves"
+    );
+    // Many failed runs came and went meanwhile: the live channel was told once of the firing.
+    let told: Vec<Value> = bodies(&webhook);
+    assert_eq!(
+        told.iter().filter(|b| b["status"] == "firing").count(),
+        1,
+        "{told:#?}"
+    );
+
+    // The dead channel was retried on the backoff (5 s doubling), not in a loop.
+    let records = audit(&dir).await;
+    let dead_attempts = records
+        .iter()
+        .filter(|r| {
+            r["action"] == "notification.send"
+                && r["object"]["name"] == "backups"
+                && r["target"] == "AlertChannel default/dead"
+        })
+        .count();
+    let fired_at = firing["status"]["activeAlerts"][0]["firedAt"]
+        .as_str()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+    let elapsed = jiff::Timestamp::now()
+        .duration_since(fired_at)
+        .as_secs_f64();
+    // Attempts at 0, 5, 15, 35, 75, 155 s... after firing (and one more for the resolution).
+    let schedule = [0.0, 5.0, 15.0, 35.0, 75.0, 155.0, 315.0];
+    let allowed = schedule.iter().filter(|t| **t <= elapsed + 1.0).count() + 1;
+    assert!(
+        (1..=allowed).contains(&dead_attempts),
+        "{dead_attempts} attempts to the dead channel in {elapsed:.0} s (at most {allowed})"
+    );
+    operator.stop().await.unwrap();
+}
