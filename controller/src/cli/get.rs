@@ -218,7 +218,7 @@ pub fn cell(object: &Value, json_path: &str, type_: &str, now: jiff::Timestamp) 
 }
 
 /// An age the way kubectl writes it: `45s`, `12m`, `5h`, `3d`.
-fn age(seconds: i64) -> String {
+pub(super) fn age(seconds: i64) -> String {
     let seconds = seconds.max(0);
     match seconds {
         s if s < 120 => format!("{s}s"),

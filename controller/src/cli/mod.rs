@@ -1,6 +1,7 @@
 //! The `infrapilot` command line: one clap definition, every option also settable from the
 //! environment (`env =`), defaults documented in the help.
 
+mod alerts;
 mod audit;
 mod crd;
 mod describe;
@@ -30,6 +31,8 @@ pub enum Command {
     Run(Box<run::Args>),
     /// Show objects and their status, like `kubectl get`.
     Get(get::Args),
+    /// List every pending and firing alert across AlertRules, like `amtool alert`.
+    Alerts(alerts::Args),
     /// Show one object in full: spec, status, conditions and recent events.
     Describe(describe::Args),
     /// Read, export and verify the audit log of side effects.
@@ -52,6 +55,7 @@ pub fn main() -> ExitCode {
             run::run(&args)
         }
         Command::Get(args) => get::run(&args),
+        Command::Alerts(args) => alerts::run(&args),
         Command::Describe(args) => describe::run(&args),
         Command::Audit(command) => audit::run(&command),
         Command::Crd(args) => crd::run(&args),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use infrapilot_e2e::dumps::{Fixture, Kind};
-use infrapilot_e2e::operator::Operator;
+use infrapilot_e2e::operator::{Operator, cli};
 use infrapilot_e2e::wait::eventually;
 use infrapilot_e2e::webhook::WebhookServer;
 use serde_json::Value;
@@ -128,6 +128,16 @@ async fn a_policy_failing_twice_fires_once_to_the_live_channel_and_resolves_on_s
     assert_eq!(firing["status"]["activeAlerts"][0]["subject"], "nightly");
     let ready = infrapilot_e2e::wait::condition(&firing, "Ready").unwrap();
     assert_eq!(ready["reason"], "DeliveryFailed", "{ready:#}");
+    let listed = cli(&dir, &["alerts"]).await.unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("backups"))
+        .unwrap_or_default();
+    assert!(
+        row.contains("nightly") && row.contains("Firing") && row.contains("Critical"),
+        "{text}"
+    );
 
     // The neighbours: the rule with a missing channel says so; neither fails the other.
     let orphan = operator
