@@ -1,6 +1,7 @@
 //! The pure steps: the spec checked and parsed, the condition evaluated on what was observed,
 //! Alertmanager's timing stepped, and the status built from the outcome.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -120,8 +121,8 @@ pub fn validate(spec: &AlertRuleSpec) -> Result<Settings, Invalid> {
 /// The objects the condition reads, as observed.
 #[derive(Clone, Debug, Default)]
 pub struct Watched {
-    pub proxies: Vec<Proxy>,
-    pub policies: Vec<BackupValidationPolicy>,
+    pub proxies: Arc<Vec<Proxy>>,
+    pub policies: Arc<Vec<BackupValidationPolicy>>,
 }
 
 /// Evaluates the condition on what was observed.

@@ -11,8 +11,11 @@
 
 mod apply;
 mod decide;
+mod lists;
 #[cfg(test)]
 mod tests;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -22,7 +25,7 @@ pub use decide::validate;
 use crate::api::Kind;
 use crate::api::alert::{AlertChannel, AlertRule, AlertRuleStatus};
 use crate::reconcile::{Applied, Category, Context, Failure, Reconciler, Requeue};
-use crate::runtime::objects::{EVERY, Objects, Relation, Selector, Typed};
+use crate::runtime::objects::{EVERY, Objects, Relation, Typed};
 use crate::runtime::rbac::Rule;
 use crate::status::{self, Observation};
 use decide::{ChannelProblem, Condition, Watched};
@@ -32,6 +35,7 @@ pub const CONTROLLER: &str = "alertrule";
 /// The AlertRule reconciler.
 pub struct AlertRules {
     objects: Objects,
+    lists: lists::Lists,
 }
 
 impl std::fmt::Debug for AlertRules {
@@ -42,7 +46,10 @@ impl std::fmt::Debug for AlertRules {
 
 impl AlertRules {
     pub fn new(objects: Objects) -> Self {
-        Self { objects }
+        Self {
+            objects,
+            lists: lists::Lists::default(),
+        }
     }
 
     /// The objects the condition reads. Fails only when they cannot be listed.
@@ -61,20 +68,21 @@ impl AlertRules {
     }
 
     /// The objects of `names` (every one of the namespace when empty), read one by one when
-    /// named: a rule on one Proxy of a namespace with thousands reads one.
-    async fn named_or_all<K: Typed>(
+    /// named: a rule on one Proxy of a namespace with thousands reads one. Whole lists are
+    /// shared by the rules that ask at once ([`lists`]).
+    async fn named_or_all<K: Typed + 'static>(
         &self,
         namespace: &str,
         names: &[String],
-    ) -> Result<Vec<K>, Failure> {
+    ) -> Result<Arc<Vec<K>>, Failure> {
         if names.is_empty() {
-            return self.objects.list(namespace, &Selector::everything()).await;
+            return self.lists.list(&self.objects, namespace).await;
         }
         let mut found = Vec::new();
         for name in names {
             found.extend(self.objects.get::<K>(namespace, name).await?);
         }
-        Ok(found)
+        Ok(Arc::new(found))
     }
 
     /// Channels that are missing or not Ready: shown on the rule, which still evaluates (and
