@@ -200,3 +200,89 @@ async fn a_policy_failing_twice_fires_once_to_the_live_channel_and_resolves_on_s
     );
     operator.stop().await.unwrap();
 }
+
+fn certificate_rule(name: &str, within: &str, url: &str) -> String {
+    format!(
+        "apiVersion: infrapilot.io/v1alpha1\nkind: AlertChannel\nmetadata:\n  name: {name}-hook\nspec:\n  webhook:\n    url: {url}\n\
+         ---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: {name}\nspec:\n  \
+         certificateExpiry:\n    within: {within}\n  groupWait: 0s\n  channels:\n    - name: {name}-hook\n"
+    )
+}
+
+#[tokio::test]
+async fn a_certificate_expiring_within_the_window_fires_and_one_outside_it_does_not() {
+    use crate::proxy::{by_name, certificate_for, proxy, setup, tls_secret};
+    use infrapilot_e2e::docker::{ContainerSpec, images};
+
+    let s = setup("alert-certificates").await;
+    let webhook = WebhookServer::start().await.unwrap();
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    // The test PKI's leaf certificates are valid for 30 days.
+    let host = "expiring.example.test";
+    let (chain, key, _) = certificate_for(&s.operator.dir().join("pki"), host);
+    s.write("secret.yaml", &tls_secret("expiring-tls", &chain, &key));
+    // A plain Proxy beside it: nothing to expire, so no alert and no rule brought back.
+    s.write(
+        "proxies.yaml",
+        &format!(
+            "{}---\n{}",
+            proxy(
+                "expiring",
+                host,
+                &by_name(&app.name),
+                "  tls:\n    secretName: expiring-tls\n"
+            ),
+            proxy("plain", "plain.example.test", &by_name(&app.name), "")
+        ),
+    );
+    s.write(
+        "rules.yaml",
+        &format!(
+            "{}---\n{}",
+            certificate_rule("soon", "60d", &webhook.url("/soon")),
+            certificate_rule("quiet", "7d", &webhook.url("/quiet"))
+        ),
+    );
+    let served = s.ready("expiring", "True").await;
+    let not_after = served["status"]["certificate"]["notAfter"].clone();
+    assert!(not_after.is_string(), "{served}");
+
+    let requests = webhook.wait_for_requests(1, TIMEOUT).await;
+    assert_eq!(requests[0].path, "/soon");
+    let body = requests[0].json().unwrap();
+    assert_eq!(body["status"], "firing");
+    assert_eq!(body["commonLabels"]["proxy"], "expiring");
+    assert_eq!(body["commonLabels"]["condition"], "certificateExpiry");
+    let summary = body["alerts"][0]["annotations"]["summary"]
+        .as_str()
+        .unwrap();
+    assert!(
+        summary.starts_with("expires in 29d") || summary.starts_with("expires in 30d"),
+        "{summary}"
+    );
+    assert!(summary.contains(not_after.as_str().unwrap()), "{summary}");
+
+    // The 7-day rule has evaluated the same Proxy and stays quiet; it will fire when the
+    // certificate enters its window, which its status does not know yet but its next look does.
+    let quiet = eventually("the quiet rule evaluated", TIMEOUT, || async {
+        let rule = s
+            .operator
+            .get("alertrule", "quiet")
+            .await
+            .map_err(|e| e.to_string())?;
+        match rule["status"]["state"].as_str() {
+            Some("Inactive") => Ok(rule),
+            other => Err(format!("{other:?}: {:#}", rule["status"])),
+        }
+    })
+    .await;
+    assert!(quiet["status"]["activeAlerts"].is_null(), "{quiet:#}");
+    let soon = s.operator.get("alertrule", "soon").await.unwrap();
+    assert_eq!(soon["status"]["state"], "Firing");
+    assert_eq!(soon["status"]["activeAlerts"][0]["subject"], "expiring");
+    assert!(
+        webhook.requests().iter().all(|r| r.path == "/soon"),
+        "the quiet rule sent nothing"
+    );
+    s.operator.stop().await.unwrap();
+}

@@ -11,13 +11,13 @@ use infrapilot_e2e::wait::eventually;
 use infrapilot_e2e::{env, names};
 
 /// An operator in standalone mode with its edge.
-struct Setup {
-    docker: TestDocker,
-    operator: Operator,
-    edge: TestEdge,
+pub(crate) struct Setup {
+    pub(crate) docker: TestDocker,
+    pub(crate) operator: Operator,
+    pub(crate) edge: TestEdge,
 }
 
-async fn setup(test: &str) -> Setup {
+pub(crate) async fn setup(test: &str) -> Setup {
     setup_with(test, None).await
 }
 
@@ -39,7 +39,7 @@ async fn setup_with(test: &str, http: Option<u16>) -> Setup {
 }
 
 impl Setup {
-    fn write(&self, file: &str, text: &str) {
+    pub(crate) fn write(&self, file: &str, text: &str) {
         let dir = self.operator.manifests();
         let tmp = dir.join(format!(".{file}.tmp"));
         std::fs::write(&tmp, text).expect("writing a manifest");
@@ -83,7 +83,7 @@ impl Setup {
             .collect()
     }
 
-    async fn ready(&self, name: &str, status: &str) -> serde_json::Value {
+    pub(crate) async fn ready(&self, name: &str, status: &str) -> serde_json::Value {
         self.operator
             .wait_for_condition("proxy", name, "Ready", status)
             .await
@@ -605,7 +605,7 @@ fn indented(text: &str) -> String {
 }
 
 /// A `kubernetes.io/tls` Secret manifest holding `chain` and `key`.
-fn tls_secret(name: &str, chain: &str, key: &str) -> String {
+pub(crate) fn tls_secret(name: &str, chain: &str, key: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
         indented(chain),
