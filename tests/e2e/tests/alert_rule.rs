@@ -150,6 +150,38 @@ async fn a_policy_failing_twice_fires_once_to_the_live_channel_and_resolves_on_s
     );
     assert_eq!(orphan["status"]["state"], "Firing");
 
+    // A restart while firing sends nothing again: the notification log is in the status. The
+    // restarted operator evaluates the rule (a run fails every 5 s and brings it back) before
+    // the count below is read.
+    operator.stop().await.unwrap();
+    let operator = Operator::start(
+        &dir,
+        &[
+            "run",
+            "--manifests",
+            "manifests",
+            "--probe-address",
+            "127.0.0.1:0",
+        ],
+    )
+    .unwrap();
+    eventually(
+        "the restarted operator evaluating the rule",
+        TIMEOUT,
+        || async {
+            match operator.reconciles("alertrule").await? {
+                n if n >= 4 => Ok(()),
+                n => Err(format!("{n} rule reconciles")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        bodies(&webhook).len(),
+        1,
+        "nothing sent again after the restart"
+    );
+
     // A good backup arrives: a run succeeds, the alert resolves and the channel is told.
     std::fs::copy(fixture.path(Kind::Custom), backups.join("2026-11-21.dump")).unwrap();
     let resolved = eventually("the resolved notification", TIMEOUT, || async {
