@@ -318,3 +318,84 @@ async fn a_certificate_expiring_within_the_window_fires_and_one_outside_it_does_
     );
     s.operator.stop().await.unwrap();
 }
+
+/// What Slack's incoming webhooks take: a `text`, and attachments with a colour and fields
+/// (https://api.slack.com/messaging/webhooks); the receiver checks that shape.
+fn slack_shaped(body: &Value) -> Result<(), String> {
+    let text = body["text"].as_str().ok_or("no text")?;
+    if text.is_empty() {
+        return Err("an empty text".into());
+    }
+    let attachments = body["attachments"].as_array().ok_or("no attachments")?;
+    for attachment in attachments {
+        let color = attachment["color"]
+            .as_str()
+            .ok_or("an attachment without colour")?;
+        if !(color.len() == 7 && color.starts_with('#')) {
+            return Err(format!("colour {color:?} is not #rrggbb"));
+        }
+        for field in attachment["fields"].as_array().ok_or("no fields")? {
+            if !(field["title"].is_string() && field["value"].is_string()) {
+                return Err(format!("a field without title or value: {field}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slack_channel_gets_one_coloured_message_per_group() {
+    let slack = WebhookServer::start().await.unwrap();
+    let dir = infrapilot_e2e::env::test_dir("alert-slack");
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    let corrupt = dir.join("corrupt.dump");
+    std::fs::write(&corrupt, b"not a dump").unwrap();
+    let operator = Operator::start(&dir, &["run", "--manifests", "manifests"]).unwrap();
+    std::fs::write(
+        operator.manifests().join("all.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: slack\nstringData:\n  url: {url}\n\
+             ---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertChannel\nmetadata:\n  name: slack\nspec:\n  \
+             slack:\n    webhookUrlSecretRef: {{name: slack, key: url}}\n    channel: \"#ops\"\n\
+             ---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: backups\nspec:\n  \
+             backupValidationFailed: {{}}\n  severity: Critical\n  groupWait: 0s\n  channels:\n    - name: slack\n\
+             ---\n{policy}",
+            url = slack.url("/services/T0/B0/secret"),
+            policy = policy("nightly", &corrupt, "", "  runOnCreate: true\n"),
+        ),
+    )
+    .unwrap();
+
+    let requests = slack.wait_for_requests(1, TIMEOUT).await;
+    let body = requests[0].json().unwrap();
+    slack_shaped(&body).unwrap_or_else(|e| panic!("{e}: {body:#}"));
+    assert_eq!(body["channel"], "#ops");
+    assert!(
+        body["text"]
+            .as_str()
+            .unwrap()
+            .contains("[FIRING:1] CRITICAL default/backups"),
+        "{body:#}"
+    );
+    let attachment = &body["attachments"][0];
+    assert_eq!(attachment["color"], "#d00000", "critical is red");
+    assert_eq!(attachment["fields"][0]["title"], "firing nightly");
+    assert!(
+        attachment["fields"][0]["value"]
+            .as_str()
+            .unwrap()
+            .contains("1 failed validation run"),
+        "{body:#}"
+    );
+    // The rule's status and audit never show the webhook's secret URL.
+    let rule = operator.get("alertrule", "backups").await.unwrap();
+    assert!(!rule.to_string().contains("secret"), "{rule:#}");
+    let records = audit(&dir).await;
+    assert!(
+        records
+            .iter()
+            .all(|r| !r.to_string().contains("/services/T0")),
+        "{records:#?}"
+    );
+    operator.stop().await.unwrap();
+}
