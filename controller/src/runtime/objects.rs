@@ -27,6 +27,8 @@ pub struct Selector {
     /// string. Matched by the operator in both runtimes: a CRD's `selectableFields` would let
     /// the API server do it, but only from Kubernetes 1.31 on.
     pub fields: BTreeMap<String, String>,
+    /// Objects that have a value at each of these dotted paths (`spec.tls`).
+    pub present: Vec<String>,
 }
 
 impl Selector {
@@ -52,7 +54,12 @@ impl Selector {
                 .and_then(Value::as_str)
                 == Some(value.as_str())
         });
-        labels_match && owner_matches && fields_match
+        let present = self.present.iter().all(|path| {
+            path.split('.')
+                .try_fold(object, |at, segment| at.get(segment))
+                .is_some_and(|value| !value.is_null())
+        });
+        labels_match && owner_matches && fields_match && present
     }
 }
 
@@ -206,6 +213,12 @@ mod tests {
         assert!(!field("spec.policyRef.name", "weekly").matches(&run));
         assert!(!field("spec.policyRef", "nightly").matches(&run));
         assert!(!field("spec.missing.name", "nightly").matches(&run));
+        let present = |path: &str| Selector {
+            present: vec![path.to_owned()],
+            ..Selector::everything()
+        };
+        assert!(present("spec.policyRef").matches(&run));
+        assert!(!present("spec.tls").matches(&run));
         // Strings only: a number is not its decimal text.
         assert!(!field("spec.n", "1").matches(&run));
     }

@@ -34,11 +34,13 @@ pub struct Lists {
 }
 
 impl Lists {
-    /// Every object of `K` in `namespace`, read after this call began.
+    /// Every object of `K` in `namespace` that `selector` selects, read after this call
+    /// began. One selector per kind: a kind's lists are shared whatever the caller passes.
     pub async fn list<K: Typed + 'static>(
         &self,
         objects: &Objects,
         namespace: &str,
+        selector: &Selector,
     ) -> Result<Arc<Vec<K>>, Failure> {
         let key = (K::kind_of(), namespace.to_owned());
         let (asked_after, turn) = self.slot(&key, |slot| (slot.begun, slot.turn.clone()));
@@ -55,7 +57,7 @@ impl Lists {
             slot.begun += 1;
             slot.begun
         });
-        let list: Arc<Vec<K>> = Arc::new(objects.list(namespace, &Selector::everything()).await?);
+        let list: Arc<Vec<K>> = Arc::new(objects.list(namespace, selector).await?);
         self.slot(&key, |slot| {
             slot.newest = Some((number, list.clone() as Shared))
         });
@@ -122,7 +124,11 @@ mod tests {
         let calls: Vec<_> = (0..50)
             .map(|_| {
                 let (lists, objects) = (lists.clone(), objects.clone());
-                tokio::spawn(async move { lists.list::<Proxy>(&objects, "shop").await })
+                tokio::spawn(async move {
+                    lists
+                        .list::<Proxy>(&objects, "shop", &Selector::everything())
+                        .await
+                })
             })
             .collect();
         for call in calls {
@@ -131,7 +137,10 @@ mod tests {
         let made = store.lists.load(Ordering::SeqCst);
         assert!(made <= 3, "{made} lists for 50 callers");
         // A caller after all that gets a list of its own, never an older one.
-        let later = lists.list::<Proxy>(&objects, "shop").await.unwrap();
+        let later = lists
+            .list::<Proxy>(&objects, "shop", &Selector::everything())
+            .await
+            .unwrap();
         assert_eq!(later.len(), made + 1);
         assert_eq!(store.lists.load(Ordering::SeqCst), made + 1);
     }

@@ -25,7 +25,7 @@ pub use decide::validate;
 use crate::api::Kind;
 use crate::api::alert::{AlertChannel, AlertRule, AlertRuleStatus};
 use crate::reconcile::{Applied, Category, Context, Failure, Reconciler, Requeue};
-use crate::runtime::objects::{EVERY, Objects, Relation, Typed};
+use crate::runtime::objects::{EVERY, Objects, Relation, Selector, Typed};
 use crate::runtime::rbac::Rule;
 use crate::status::{self, Observation};
 use decide::{ChannelProblem, Condition, Watched};
@@ -55,12 +55,17 @@ impl AlertRules {
     /// The objects the condition reads. Fails only when they cannot be listed.
     async fn watched(&self, namespace: &str, condition: &Condition) -> Result<Watched, Failure> {
         Ok(match condition {
+            // Only Proxies with TLS have a certificate; the plain ones are left in the store.
             Condition::CertificateExpiry { spec, .. } => Watched {
-                proxies: self.named_or_all(namespace, &spec.proxies).await?,
+                proxies: self
+                    .named_or_all(namespace, &spec.proxies, &tls_proxies())
+                    .await?,
                 ..Watched::default()
             },
             Condition::BackupValidationFailed(spec) => Watched {
-                policies: self.named_or_all(namespace, &spec.policies).await?,
+                policies: self
+                    .named_or_all(namespace, &spec.policies, &Selector::everything())
+                    .await?,
                 ..Watched::default()
             },
             Condition::Outside(_) => Watched::default(),
@@ -74,9 +79,10 @@ impl AlertRules {
         &self,
         namespace: &str,
         names: &[String],
+        selector: &Selector,
     ) -> Result<Arc<Vec<K>>, Failure> {
         if names.is_empty() {
-            return self.lists.list(&self.objects, namespace).await;
+            return self.lists.list(&self.objects, namespace, selector).await;
         }
         let mut found = Vec::new();
         for name in names {
@@ -122,6 +128,23 @@ fn rules_in_namespace(object: &Value) -> Vec<(String, String)> {
         .as_str()
         .map(|namespace| vec![(namespace.to_owned(), EVERY.to_owned())])
         .unwrap_or_default()
+}
+
+fn tls_proxies() -> Selector {
+    Selector {
+        present: vec!["spec.tls".to_owned()],
+        ..Selector::everything()
+    }
+}
+
+/// A policy concerns backup rules once a run of it has ended: before that it has no failures
+/// to count. A thousand new policies writing their first status bring no rule back.
+fn policy_with_runs(object: &Value) -> Vec<(String, String)> {
+    if object["status"]["lastCompletedRun"].is_object() {
+        rules_in_namespace(object)
+    } else {
+        Vec::new()
+    }
 }
 
 /// A Proxy concerns certificate rules only when it has TLS: the thousands of plain Proxies of a
@@ -256,7 +279,7 @@ impl Reconciler for AlertRules {
             },
             Relation {
                 from: Kind::BackupValidationPolicy,
-                map: rules_in_namespace,
+                map: policy_with_runs,
                 every: Some(watches_backups),
             },
         ]

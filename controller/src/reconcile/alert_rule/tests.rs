@@ -230,6 +230,16 @@ fn a_change_brings_back_only_the_rules_it_can_concern() {
     );
     let plain = json!({"metadata": {"name": "shop", "namespace": "team-a"}, "spec": {}});
     assert!((relations[0].map)(&plain).is_empty());
+    // A policy brings back the backup rules once a run of it ended, not at its first status.
+    let fresh = json!({"metadata": {"name": "p", "namespace": "team-a"},
+        "status": {"consecutiveFailures": 0}});
+    assert!((relations[1].map)(&fresh).is_empty());
+    let ran = json!({"metadata": {"name": "p", "namespace": "team-a"},
+        "status": {"lastCompletedRun": {"name": "p-1", "phase": "Failed"}}});
+    assert_eq!(
+        (relations[1].map)(&ran),
+        [("team-a".to_owned(), EVERY.to_owned())]
+    );
     let certificates = json!({"spec": {"certificateExpiry": {"within": "14d"}}});
     let backups = json!({"spec": {"backupValidationFailed": {}}});
     let proxies_every = relations[0].every.unwrap();
