@@ -513,16 +513,19 @@ fn container_event(event: bollard::models::EventMessage) -> Option<ContainerEven
         let name = attributes.remove("name").unwrap_or_default();
         (actor.id.unwrap_or_default(), name)
     };
-    // Network and exec events carry no labels; container events carry them all.
+    // Network and exec events carry no labels; container events carry them all, with the
+    // attributes Docker adds (the image, a die's exit code, a kill's signal).
     let wanted = matches!(
         action.as_str(),
-        "start" | "die" | "stop" | "destroy" | "rename" | "connect" | "disconnect"
-    );
+        "start" | "die" | "stop" | "destroy" | "rename" | "connect" | "disconnect" | "kill" | "oom"
+    ) || action.starts_with("health_status");
+    let exit_code = attributes.remove("exitCode").and_then(|c| c.parse().ok());
     wanted.then(|| ContainerEvent {
         action,
         container_id,
         container_name,
         labels: attributes.into_iter().collect(),
+        exit_code,
     })
 }
 

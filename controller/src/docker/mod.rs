@@ -103,15 +103,30 @@ impl DockerError {
     }
 }
 
-/// Something that happened to a container, as far as following upstreams goes: it started,
-/// stopped or died, was renamed or removed, or joined or left a network.
+/// Something that happened to a container: it started, stopped or died, was killed (asked to
+/// stop), ran out of memory, changed health, was renamed or removed, or joined or left a
+/// network.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContainerEvent {
+    /// Docker's action: `start`, `die`, `kill`, `oom`, `health_status: unhealthy`, ...
     pub action: String,
     pub container_id: String,
     /// Known for container events; empty for network ones.
     pub container_name: String,
     pub labels: BTreeMap<String, String>,
+    /// A `die` event's exit code.
+    pub exit_code: Option<i64>,
+}
+
+impl ContainerEvent {
+    /// Whether the event can move an upstream: the others (a kill, an OOM, a health change)
+    /// are followed by a `die` or change nothing a Proxy routes to.
+    pub fn moves_upstreams(&self) -> bool {
+        matches!(
+            self.action.as_str(),
+            "start" | "die" | "stop" | "destroy" | "rename" | "connect" | "disconnect"
+        )
+    }
 }
 
 /// The Docker operations InfraPilot performs.

@@ -120,6 +120,9 @@ pub async fn follow(
             match event {
                 Ok(event) => {
                     backoff = Duration::from_millis(500);
+                    if !event.moves_upstreams() {
+                        continue;
+                    }
                     let affected = watches
                         .lock()
                         .map(|w| w.affected(&event))
@@ -163,6 +166,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            exit_code: None,
         }
     }
 
