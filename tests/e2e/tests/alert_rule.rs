@@ -399,3 +399,185 @@ async fn a_slack_channel_gets_one_coloured_message_per_group() {
     );
     operator.stop().await.unwrap();
 }
+
+/// `docker run -d` of the PostgreSQL test image's shell with `args` before the image and
+/// `script` after it, labelled with the test's scope (cleaned up with it); returns the name.
+async fn shell_container(
+    docker: &infrapilot_e2e::docker::TestDocker,
+    prefix: &str,
+    args: &[&str],
+    script: &str,
+) -> String {
+    let name = docker.unique_name(prefix);
+    let mut command = tokio::process::Command::new("docker");
+    command.args(["run", "-d", "--name", &name, "--entrypoint", "sh"]);
+    for (key, value) in docker.labels() {
+        command.args(["--label", &format!("{key}={value}")]);
+    }
+    command
+        .args(args)
+        .args([infrapilot_e2e::docker::images::POSTGRES, "-c", script]);
+    let output = command.output().await.expect("docker runs");
+    assert!(
+        output.status.success(),
+        "docker run {name}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    name
+}
+
+async fn restart_count(container: &str) -> u64 {
+    let output = tokio::process::Command::new("docker")
+        .args(["inspect", "--format", "{{.RestartCount}}", container])
+        .output()
+        .await
+        .expect("docker inspect runs");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn crashes_an_oom_and_a_failing_health_check_fire_a_stop_does_not_and_a_loop_fires_once() {
+    let docker = infrapilot_e2e::docker::TestDocker::new("alert-crash").await;
+    let scope = docker.labels()[infrapilot_e2e::docker::SCOPE_LABEL].clone();
+    let webhook = WebhookServer::start().await.unwrap();
+    let dir = infrapilot_e2e::env::test_dir("alert-crash-operator");
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    let operator = Operator::start(&dir, &["run", "--manifests", "manifests"]).unwrap();
+    std::fs::write(
+        operator.manifests().join("rule.yaml"),
+        format!(
+            "{}---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: crashes\nspec:\n  \
+             containerCrash:\n    selector:\n      {}: {scope}\n    restarts: 3\n    window: 10m\n  \
+             groupWait: 0s\n  channels:\n    - name: hook\n",
+            channel("hook", &webhook.url("/crashes")),
+            infrapilot_e2e::docker::SCOPE_LABEL
+        ),
+    )
+    .unwrap();
+    // The rule is evaluated, and follows Docker's events, before anything crashes.
+    operator
+        .wait_for_condition("alertrule", "crashes", "Ready", "True")
+        .await;
+
+    let stopped = shell_container(&docker, "stopped", &[], "sleep 300").await;
+    let crasher = shell_container(&docker, "crasher", &[], "sleep 1; exit 1").await;
+    let looper = shell_container(
+        &docker,
+        "looper",
+        &["--restart", "always"],
+        "sleep 0.5; exit 3",
+    )
+    .await;
+    let oom = shell_container(
+        &docker,
+        "oom",
+        &["--memory", "32m", "--memory-swap", "32m"],
+        "tail /dev/zero",
+    )
+    .await;
+    let sick = shell_container(
+        &docker,
+        "sick",
+        &[
+            "--health-cmd",
+            "false",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+        ],
+        "sleep 300",
+    )
+    .await;
+    let stop = tokio::process::Command::new("docker")
+        .args(["stop", "-t", "1", &stopped])
+        .output()
+        .await
+        .unwrap();
+    assert!(stop.status.success());
+
+    let expected = [&crasher, &looper, &oom, &sick];
+    let rule = eventually("every crash firing", TIMEOUT, || async {
+        let rule = operator
+            .get("alertrule", "crashes")
+            .await
+            .map_err(|e| e.to_string())?;
+        let active: Vec<String> = rule["status"]["activeAlerts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["subject"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if expected.iter().all(|e| active.contains(e)) {
+            Ok(rule)
+        } else {
+            Err(format!("active: {active:?}\n{}", operator.log()))
+        }
+    })
+    .await;
+    let message = |subject: &str| {
+        rule["status"]["activeAlerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["subject"] == subject)
+            .map(|a| a["message"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(message(&crasher), "exited with code 1");
+    assert!(message(&oom).starts_with("OOM-killed"), "{}", message(&oom));
+    assert_eq!(message(&sick), "health check failing");
+    assert!(
+        message(&stopped).is_empty(),
+        "a stop asked for is no crash: {rule:#}"
+    );
+
+    // Every subject reached the channel in Alertmanager's body, the stopped one never.
+    let told = bodies(&webhook);
+    let firing: std::collections::BTreeSet<String> = told
+        .iter()
+        .flat_map(|b| b["alerts"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["status"] == "firing")
+        .filter_map(|a| a["labels"]["container"].as_str().map(String::from))
+        .collect();
+    for subject in expected {
+        assert!(firing.contains(subject), "{subject} not told: {firing:?}");
+    }
+    assert!(!firing.contains(&stopped), "{firing:?}");
+
+    // The loop goes on restarting: three more crashes, and not one more notification.
+    let before = restart_count(&looper).await;
+    let sent = bodies(&webhook).len();
+    eventually("three more restarts of the loop", TIMEOUT, || async {
+        let now = restart_count(&looper).await;
+        if now >= before + 3 {
+            Ok(())
+        } else {
+            Err(format!("{now} restarts"))
+        }
+    })
+    .await;
+    let rule = operator.get("alertrule", "crashes").await.unwrap();
+    let looping = rule["status"]["activeAlerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["subject"] == looper.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        looping["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("crash loop: "),
+        "{looping:#}"
+    );
+    assert_eq!(bodies(&webhook).len(), sent, "the loop was told once");
+    operator.stop().await.unwrap();
+    docker.cleanup().await.unwrap();
+}

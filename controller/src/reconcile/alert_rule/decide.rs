@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::alert::conditions::{self, Found};
+use crate::alert::crashes::{Crashes, Selection};
 use crate::alert::timing::{self, Ledger, Step, Timing};
 use crate::api::alert::{
     AlertRule, AlertRuleSpec, AlertRuleStatus, BackupValidationFailed, CertificateExpiry,
@@ -32,7 +33,12 @@ pub enum Condition {
         within: Duration,
     },
     BackupValidationFailed(BackupValidationFailed),
-    /// A condition on the world outside the API, evaluated from its own source.
+    ContainerCrash {
+        selection: Selection,
+        restarts: u32,
+        window: Duration,
+    },
+    /// A condition this version does not evaluate yet.
     Outside(&'static str),
 }
 
@@ -42,6 +48,7 @@ impl Condition {
         match self {
             Condition::CertificateExpiry { .. } => "certificateExpiry",
             Condition::BackupValidationFailed(_) => "backupValidationFailed",
+            Condition::ContainerCrash { .. } => "containerCrash",
             Condition::Outside(name) => name,
         }
     }
@@ -93,8 +100,15 @@ pub fn validate(spec: &AlertRuleSpec) -> Result<Settings, Invalid> {
         }
     } else if let Some(failed) = &spec.backup_validation_failed {
         Condition::BackupValidationFailed(failed.clone())
-    } else if spec.container_crash.is_some() {
-        Condition::Outside("containerCrash")
+    } else if let Some(crash) = &spec.container_crash {
+        Condition::ContainerCrash {
+            selection: Selection {
+                names: crash.names.clone(),
+                selector: crash.selector.clone(),
+            },
+            restarts: crash.restarts,
+            window: duration("spec.containerCrash.window", &crash.window)?,
+        }
     } else if spec.error_rate.is_some() {
         Condition::Outside("errorRate")
     } else {
@@ -126,8 +140,18 @@ pub struct Watched {
 }
 
 /// Evaluates the condition on what was observed.
-pub fn evaluate(condition: &Condition, watched: &Watched, now: Timestamp) -> Found {
+pub fn evaluate(
+    condition: &Condition,
+    watched: &Watched,
+    crashes: &Crashes,
+    now: Timestamp,
+) -> Found {
     match condition {
+        Condition::ContainerCrash {
+            selection,
+            restarts,
+            window,
+        } => crashes.evaluate(selection, *restarts, *window, now),
         Condition::CertificateExpiry { spec, within } => {
             conditions::certificate_expiry(spec, *within, &watched.proxies, now)
         }

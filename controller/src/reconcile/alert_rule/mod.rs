@@ -15,15 +15,19 @@ mod lists;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde_json::Value;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 pub use decide::validate;
 
+use crate::alert::crashes::{Crashes, Selection};
 use crate::api::Kind;
 use crate::api::alert::{AlertChannel, AlertRule, AlertRuleStatus};
+use crate::docker::Docker;
 use crate::reconcile::{Applied, Category, Context, Failure, Reconciler, Requeue};
 use crate::runtime::objects::{EVERY, Objects, Relation, Selector, Typed};
 use crate::runtime::rbac::Rule;
@@ -36,6 +40,15 @@ pub const CONTROLLER: &str = "alertrule";
 pub struct AlertRules {
     objects: Objects,
     lists: lists::Lists,
+    docker: Arc<dyn Docker>,
+    /// Crashes and health of every container, from Docker's events ([`follow_crashes`]).
+    crashes: Arc<Mutex<Crashes>>,
+    /// What each containerCrash rule selects, so that an event brings back only its rules.
+    crash_rules: Arc<Mutex<BTreeMap<(String, String), Selection>>>,
+    /// Where rules are sent to be evaluated again, once the runtime took the triggers; taken
+    /// by the first containerCrash rule, which starts following Docker's events (an operator
+    /// without such rules makes no Docker request for them).
+    follow: Mutex<Option<UnboundedSender<(String, String)>>>,
 }
 
 impl std::fmt::Debug for AlertRules {
@@ -45,10 +58,45 @@ impl std::fmt::Debug for AlertRules {
 }
 
 impl AlertRules {
-    pub fn new(objects: Objects) -> Self {
+    pub fn new(objects: Objects, docker: Arc<dyn Docker>) -> Self {
         Self {
             objects,
             lists: lists::Lists::default(),
+            docker,
+            crashes: Arc::default(),
+            crash_rules: Arc::default(),
+            follow: Mutex::default(),
+        }
+    }
+
+    /// Records what a rule selects (nothing, for a rule of another condition), and starts
+    /// following Docker's events with the first containerCrash rule.
+    fn watch_crashes(&self, rule: &AlertRule, condition: &Condition) {
+        let key = (
+            rule.metadata.namespace.clone().unwrap_or_default(),
+            rule.metadata.name.clone().unwrap_or_default(),
+        );
+        let Ok(mut rules) = self.crash_rules.lock() else {
+            return;
+        };
+        match condition {
+            Condition::ContainerCrash { selection, .. } => {
+                rules.insert(key, selection.clone());
+            }
+            _ => {
+                rules.remove(&key);
+                return;
+            }
+        }
+        drop(rules);
+        let started = self.follow.lock().ok().and_then(|mut f| f.take());
+        if let Some(triggers) = started {
+            tokio::spawn(follow_crashes(
+                self.docker.clone(),
+                self.crashes.clone(),
+                self.crash_rules.clone(),
+                triggers,
+            ));
         }
     }
 
@@ -68,7 +116,7 @@ impl AlertRules {
                     .await?,
                 ..Watched::default()
             },
-            Condition::Outside(_) => Watched::default(),
+            Condition::ContainerCrash { .. } | Condition::Outside(_) => Watched::default(),
         })
     }
 
@@ -222,7 +270,11 @@ impl Reconciler for AlertRules {
             Condition::Outside(_) => Vec::new(),
             _ => self.channel_problems(rule, &namespace).await,
         };
-        let found = decide::evaluate(&settings.condition, &watched, now);
+        self.watch_crashes(rule, &settings.condition);
+        let found = match self.crashes.lock() {
+            Ok(crashes) => decide::evaluate(&settings.condition, &watched, &crashes, now),
+            Err(_) => decide::evaluate(&settings.condition, &watched, &Crashes::default(), now),
+        };
         let step = decide::decide(rule, &settings, &found, now);
         let mut ledger = step.ledger;
         let failure = apply::deliver(
@@ -264,6 +316,14 @@ impl Reconciler for AlertRules {
         Ok(())
     }
 
+    fn triggers(&self) -> Option<UnboundedReceiver<(String, String)>> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        if let Ok(mut follow) = self.follow.lock() {
+            *follow = Some(sender);
+        }
+        Some(receiver)
+    }
+
     const RBAC: &'static [Rule] = &[
         // Notifications go to the rule's channels, with their Secrets.
         Rule::infrapilot(&["alertchannels"], &["get"]),
@@ -283,5 +343,66 @@ impl Reconciler for AlertRules {
                 every: Some(watches_backups),
             },
         ]
+    }
+}
+
+/// Follows Docker's events for the crash rules: each event that changes a container's crashes
+/// or health brings back the rules that select it. When the stream breaks, every crash rule is
+/// evaluated again once it is back.
+async fn follow_crashes(
+    docker: Arc<dyn Docker>,
+    crashes: Arc<Mutex<Crashes>>,
+    rules: Arc<Mutex<BTreeMap<(String, String), Selection>>>,
+    triggers: UnboundedSender<(String, String)>,
+) {
+    use futures::StreamExt;
+    let mut backoff = std::time::Duration::from_millis(500);
+    loop {
+        let mut events = docker.events();
+        let all: Vec<(String, String)> = rules
+            .lock()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default();
+        for key in all {
+            if triggers.send(key).is_err() {
+                return;
+            }
+        }
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(error) => {
+                    tracing::warn!("Docker events stopped for the crash rules: {error}");
+                    break;
+                }
+            };
+            backoff = std::time::Duration::from_millis(500);
+            let changed = crashes
+                .lock()
+                .ok()
+                .and_then(|mut c| c.observe(&event, jiff::Timestamp::now()));
+            let Some((name, labels)) = changed else {
+                continue;
+            };
+            let concerned: Vec<(String, String)> = rules
+                .lock()
+                .map(|r| {
+                    r.iter()
+                        .filter(|(_, selection)| selection.selects(&name, &labels))
+                        .map(|(key, _)| key.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for key in concerned {
+                if triggers.send(key).is_err() {
+                    return;
+                }
+            }
+        }
+        if triggers.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
     }
 }

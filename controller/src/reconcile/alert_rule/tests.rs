@@ -11,8 +11,12 @@ use super::*;
 use crate::api::alert::AlertState;
 use crate::api::backup::BackupValidationPolicy;
 use crate::delivery::{DeliveryError, MessageKind};
-use crate::reconcile::tests_support::{MemoryObjects, Recorder, context, fixed_now};
+use crate::reconcile::tests_support::{MemoryDocker, MemoryObjects, Recorder, context, fixed_now};
 use crate::secrets::SecretMap;
+
+fn docker() -> Arc<MemoryDocker> {
+    Arc::new(MemoryDocker::with(Vec::new(), Vec::new()))
+}
 
 fn rule(spec: serde_json::Value, status: Option<&AlertRuleStatus>) -> AlertRule {
     let mut object = json!({
@@ -69,7 +73,7 @@ async fn a_failing_policy_fires_notifies_once_and_resolves_on_success() {
     objects.put(&hook());
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port());
+    let rules = AlertRules::new(objects.port(), docker());
 
     let applied = rules.reconcile(&rule(backup_rule(), None), &ctx).await;
     // Told; the next look is the repeat.
@@ -136,7 +140,7 @@ async fn a_missing_channel_is_shown_and_its_delivery_retried_on_the_backoff() {
     let objects = Arc::new(MemoryObjects::with([policy("nightly", 3)]));
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port());
+    let rules = AlertRules::new(objects.port(), docker());
 
     let applied = rules.reconcile(&rule(backup_rule(), None), &ctx).await;
     assert_eq!(applied.status.state, Some(AlertState::Firing));
@@ -171,7 +175,7 @@ async fn a_refused_delivery_is_kept_owed_and_sent_when_the_retry_falls_due() {
             reason: "connection refused".into(),
         }));
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port());
+    let rules = AlertRules::new(objects.port(), docker());
 
     let failed = rules.reconcile(&rule(backup_rule(), None), &ctx).await;
     let (_, reason, message) = ready(&failed.status);
@@ -191,8 +195,9 @@ async fn a_condition_read_from_outside_says_it_is_not_evaluated_yet() {
     let objects = Arc::new(MemoryObjects::default());
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port());
-    let spec = json!({"containerCrash": {"names": ["api"]}, "channels": [{"name": "hook"}]});
+    let rules = AlertRules::new(objects.port(), docker());
+    let spec = json!({"errorRate": {"proxy": "shop", "thresholdPercent": 5},
+        "channels": [{"name": "hook"}]});
     let applied = rules.reconcile(&rule(spec, None), &ctx).await;
     let (status, reason, _) = ready(&applied.status);
     assert_eq!(
@@ -207,7 +212,7 @@ async fn a_bad_duration_is_refused_naming_the_field() {
     let objects = Arc::new(MemoryObjects::default());
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port());
+    let rules = AlertRules::new(objects.port(), docker());
     let mut spec = backup_rule();
     spec["repeatInterval"] = json!("10s");
     let applied = rules.reconcile(&rule(spec, None), &ctx).await;
