@@ -14,7 +14,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::conditions::Found;
 use super::timing::Observed;
-use crate::docker::ContainerEvent;
+use crate::docker::{ContainerEvent, ContainerState};
 
 /// How long after a `kill` a non-zero exit counts as asked for: `docker stop` waits 10 s by
 /// default before it sends SIGKILL.
@@ -58,6 +58,9 @@ impl Selection {
 #[derive(Debug, Default)]
 pub struct Crashes {
     containers: HashMap<String, Container>,
+    /// Whether the containers were listed once: until then an empty tracker knows nothing,
+    /// and evaluating a rule on it would resolve the alerts a restarted operator inherited.
+    listed: bool,
 }
 
 impl Crashes {
@@ -127,6 +130,54 @@ impl Crashes {
             _ => false,
         };
         changed.then(|| (container.name.clone(), container.labels.clone()))
+    }
+
+    /// Takes in every container's state after the event stream (re)connected, so that what
+    /// happened while it was not listening is not missed: a container that exited on its own
+    /// meanwhile is a crash at its exit time (unless that crash was seen already), health is
+    /// as Docker has it now, and containers gone meanwhile are forgotten. An exit by SIGINT,
+    /// SIGKILL or SIGTERM (130, 137, 143) without an OOM is taken as asked for: a stop leaves
+    /// no other trace once its events are missed.
+    /// Whether the containers have been listed since the operator started.
+    pub fn listed(&self) -> bool {
+        self.listed
+    }
+
+    pub fn relist(&mut self, states: &[ContainerState], now: Timestamp) {
+        self.listed = true;
+        let present: std::collections::HashSet<&str> =
+            states.iter().map(|s| s.id.as_str()).collect();
+        self.containers
+            .retain(|id, _| present.contains(id.as_str()));
+        for state in states {
+            let container = self.containers.entry(state.id.clone()).or_default();
+            container.name = state.name.clone();
+            container.labels = state.labels.clone();
+            container.unhealthy = state.unhealthy && state.running;
+            let crashed = !state.running
+                && (state.oom_killed || !matches!(state.exit_code, 0 | 130 | 137 | 143));
+            let Some(finished) = state.finished_at.filter(|_| crashed) else {
+                continue;
+            };
+            let seen = container
+                .crashes
+                .iter()
+                .any(|(t, _)| t.duration_since(finished).abs() <= SignedDuration::from_secs(2));
+            if seen || now.duration_since(finished) > KEPT_FOR {
+                continue;
+            }
+            let what = if state.oom_killed {
+                format!("OOM-killed (exit code {})", state.exit_code)
+            } else {
+                format!("exited with code {}", state.exit_code)
+            };
+            let at = container
+                .crashes
+                .iter()
+                .position(|(t, _)| *t > finished)
+                .unwrap_or(container.crashes.len());
+            container.crashes.insert(at, (finished, what));
+        }
     }
 
     /// The containers `selection` selects whose condition holds at `now`, and when the time
@@ -326,6 +377,58 @@ mod tests {
                 .evaluate(&every(), 3, WINDOW, at(7))
                 .observed
                 .is_empty()
+        );
+    }
+
+    fn state(name: &str, exit: i64, finished: i64) -> ContainerState {
+        ContainerState {
+            id: format!("id-{name}"),
+            name: name.to_owned(),
+            exit_code: exit,
+            finished_at: Some(at(finished)),
+            ..ContainerState::default()
+        }
+    }
+
+    #[test]
+    fn a_relist_finds_the_crashes_the_stream_missed_and_counts_none_twice() {
+        let mut crashes = Crashes::default();
+        // Seen by the stream at 10 s; gone meanwhile: forgotten.
+        crashes.observe(&event("die", "api", Some(1)), at(10));
+        crashes.observe(&event("die", "gone", Some(1)), at(10));
+        crashes.relist(
+            &[
+                state("api", 1, 10),
+                state("missed", 2, 20),
+                state("stopped", 143, 20),
+                ContainerState {
+                    oom_killed: true,
+                    ..state("oom", 137, 21)
+                },
+                ContainerState {
+                    running: true,
+                    unhealthy: true,
+                    finished_at: None,
+                    ..state("sick", 0, 0)
+                },
+            ],
+            at(30),
+        );
+        let found = crashes.evaluate(&every(), 3, WINDOW, at(31));
+        assert_eq!(
+            subjects(&found),
+            [
+                ("api", "exited with code 1"),
+                ("missed", "exited with code 2"),
+                ("oom", "OOM-killed (exit code 137)"),
+                ("sick", "health check failing"),
+            ]
+        );
+        // The same exit again (another reconnect) is not a second crash.
+        crashes.relist(&[state("api", 1, 10)], at(40));
+        assert_eq!(
+            crashes.evaluate(&every(), 2, WINDOW, at(41)).observed[0].message,
+            "exited with code 1"
         );
     }
 

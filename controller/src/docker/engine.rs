@@ -24,8 +24,8 @@ use futures::stream::BoxStream;
 
 use super::host::Endpoint;
 use super::{
-    Attached, Attachment, ContainerEvent, ContainerFacts, Docker, DockerError, ExecCommand,
-    ExecOutput, ImageFacts, JobContainer, NetworkFacts, NewContainer, Output, Runner,
+    Attached, Attachment, ContainerEvent, ContainerFacts, ContainerState, Docker, DockerError,
+    ExecCommand, ExecOutput, ImageFacts, JobContainer, NetworkFacts, NewContainer, Output, Runner,
 };
 
 /// The Docker engine of `DOCKER_HOST` (default the local socket). Connecting is lazy: the API
@@ -236,6 +236,59 @@ impl Docker for Engine {
                 .collect(),
             networks: attachments(inspect.network_settings.and_then(|n| n.networks)),
         }))
+    }
+
+    async fn container_states(&self) -> Result<Vec<ContainerState>, DockerError> {
+        let client = self.client().await?;
+        let options = ListContainersOptionsBuilder::default().all(true).build();
+        let list = client
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.error("listing containers", e))?;
+        let mut states = Vec::new();
+        for id in list.into_iter().filter_map(|c| c.id) {
+            let inspect = match client
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(inspect) => inspect,
+                // Removed between the list and the inspect.
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => continue,
+                Err(e) => return Err(self.error(&format!("inspecting container {id}"), e)),
+            };
+            let state = inspect.state.unwrap_or_default();
+            let unhealthy = state
+                .health
+                .as_ref()
+                .and_then(|h| h.status)
+                .is_some_and(|s| s.to_string().eq_ignore_ascii_case("unhealthy"));
+            states.push(ContainerState {
+                id,
+                name: inspect
+                    .name
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_owned(),
+                labels: inspect
+                    .config
+                    .and_then(|c| c.labels)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                running: state.running.unwrap_or(false),
+                exit_code: state.exit_code.unwrap_or_default(),
+                oom_killed: state.oom_killed.unwrap_or(false),
+                unhealthy,
+                // Docker writes 0001-01-01T00:00:00Z for a container that never exited.
+                finished_at: state
+                    .finished_at
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .filter(|t| t.as_second() > 0),
+            });
+        }
+        Ok(states)
     }
 
     async fn containers_with_labels(

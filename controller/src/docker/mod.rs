@@ -129,6 +129,23 @@ impl ContainerEvent {
     }
 }
 
+/// A container's state as a look after missed events sees it: how it last ended, and its
+/// health.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerState {
+    pub id: String,
+    /// Without the leading `/`.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub running: bool,
+    /// How it last exited (0 when it never did).
+    pub exit_code: i64,
+    pub oom_killed: bool,
+    pub unhealthy: bool,
+    /// When it last exited.
+    pub finished_at: Option<jiff::Timestamp>,
+}
+
 /// The Docker operations InfraPilot performs.
 #[async_trait]
 pub trait Docker: Send + Sync {
@@ -139,6 +156,9 @@ pub trait Docker: Send + Sync {
         &self,
         labels: &BTreeMap<String, String>,
     ) -> Result<Vec<ContainerFacts>, DockerError>;
+    /// Every container's state, running or not: one list and one inspect each, made only
+    /// when the event stream (re)connects.
+    async fn container_states(&self) -> Result<Vec<ContainerState>, DockerError>;
     /// The network with this name or id, if any.
     async fn network(&self, name: &str) -> Result<Option<NetworkFacts>, DockerError>;
     /// Creates, fills and starts a container; returns its id.

@@ -357,6 +357,11 @@ async fn a_same_named_container_it_did_not_create_is_never_touched() {
         ) -> Result<Vec<crate::docker::ContainerFacts>, DockerError> {
             self.0.containers_with_labels(l).await
         }
+        async fn container_states(
+            &self,
+        ) -> Result<Vec<crate::docker::ContainerState>, DockerError> {
+            self.0.container_states().await
+        }
         async fn network(
             &self,
             n: &str,

@@ -243,6 +243,21 @@ impl MemoryDocker {
 
 #[async_trait]
 impl Docker for MemoryDocker {
+    async fn container_states(&self) -> Result<Vec<crate::docker::ContainerState>, DockerError> {
+        let state = self.read()?;
+        Ok(state
+            .containers
+            .iter()
+            .map(|c| crate::docker::ContainerState {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                labels: c.labels.clone(),
+                running: c.running,
+                ..Default::default()
+            })
+            .collect())
+    }
+
     async fn container(&self, name: &str) -> Result<Option<ContainerFacts>, DockerError> {
         let state = self.read()?;
         if let Some(found) = state

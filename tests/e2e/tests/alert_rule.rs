@@ -581,3 +581,94 @@ async fn crashes_an_oom_and_a_failing_health_check_fire_a_stop_does_not_and_a_lo
     operator.stop().await.unwrap();
     docker.cleanup().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_crash_while_the_operator_was_away_fires_once_from_the_relist() {
+    let docker = infrapilot_e2e::docker::TestDocker::new("alert-relist").await;
+    let scope = docker.labels()[infrapilot_e2e::docker::SCOPE_LABEL].clone();
+    let webhook = WebhookServer::start().await.unwrap();
+    let crashed = shell_container(&docker, "early", &[], "exit 5").await;
+    let stopped = shell_container(&docker, "stopped-early", &[], "sleep 300").await;
+    let stop = tokio::process::Command::new("docker")
+        .args(["stop", "-t", "0", &stopped])
+        .output()
+        .await
+        .unwrap();
+    assert!(stop.status.success());
+    eventually("the early container to exit", TIMEOUT, || async {
+        let output = tokio::process::Command::new("docker")
+            .args(["inspect", "--format", "{{.State.Status}}", &crashed])
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        match String::from_utf8_lossy(&output.stdout).trim() {
+            "exited" => Ok(()),
+            other => Err(other.to_owned()),
+        }
+    })
+    .await;
+
+    // The operator starts after both ended: the exit nobody asked for fires, the stop not.
+    let dir = infrapilot_e2e::env::test_dir("alert-relist-operator");
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    std::fs::write(
+        dir.join("manifests/rule.yaml"),
+        format!(
+            "{}---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: crashes\nspec:\n  \
+             containerCrash:\n    selector:\n      {}: {scope}\n  groupWait: 0s\n  channels:\n    - name: hook\n",
+            channel("hook", &webhook.url("/crashes")),
+            infrapilot_e2e::docker::SCOPE_LABEL
+        ),
+    )
+    .unwrap();
+    let args = ["run", "--manifests", "manifests"];
+    let operator = Operator::start(&dir, &args).unwrap();
+    let requests = webhook.wait_for_requests(1, TIMEOUT).await;
+    let body = requests[0].json().unwrap();
+    let alerts = body["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{body:#}");
+    assert_eq!(
+        alerts[0]["labels"]["container"],
+        crashed.as_str(),
+        "{body:#}"
+    );
+    assert_eq!(alerts[0]["annotations"]["summary"], "exited with code 5");
+
+    // Started again, it lists the same exit again and tells nobody twice.
+    operator.stop().await.unwrap();
+    let operator = Operator::start(
+        &dir,
+        &[
+            "run",
+            "--manifests",
+            "manifests",
+            "--probe-address",
+            "127.0.0.1:0",
+        ],
+    )
+    .unwrap();
+    eventually(
+        "the restarted operator evaluating the rule",
+        TIMEOUT,
+        || async {
+            match operator.reconciles("alertrule").await? {
+                n if n >= 1 => Ok(()),
+                n => Err(format!("{n} rule reconciles")),
+            }
+        },
+    )
+    .await;
+    let rule = operator.get("alertrule", "crashes").await.unwrap();
+    assert_eq!(
+        rule["status"]["activeAlerts"][0]["subject"],
+        crashed.as_str()
+    );
+    let told: Vec<Value> = webhook
+        .requests()
+        .iter()
+        .filter_map(|r| r.json().ok())
+        .collect();
+    assert_eq!(told.len(), 1, "told once: {told:#?}\n{}", operator.log());
+    operator.stop().await.unwrap();
+    docker.cleanup().await.unwrap();
+}

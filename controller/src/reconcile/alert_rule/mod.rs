@@ -271,6 +271,16 @@ impl Reconciler for AlertRules {
             _ => self.channel_problems(rule, &namespace).await,
         };
         self.watch_crashes(rule, &settings.condition);
+        let listed = self.crashes.lock().is_ok_and(|c| c.listed());
+        if matches!(settings.condition, Condition::ContainerCrash { .. }) && !listed {
+            // Nothing is known of the containers before the first list: the rule keeps what
+            // its status says, and the list brings it back.
+            return Applied {
+                status: current,
+                requeue: Requeue::OnChange,
+                failure: None,
+            };
+        }
         let found = match self.crashes.lock() {
             Ok(crashes) => decide::evaluate(&settings.condition, &watched, &crashes, now),
             Err(_) => decide::evaluate(&settings.condition, &watched, &Crashes::default(), now),
@@ -347,8 +357,9 @@ impl Reconciler for AlertRules {
 }
 
 /// Follows Docker's events for the crash rules: each event that changes a container's crashes
-/// or health brings back the rules that select it. When the stream breaks, every crash rule is
-/// evaluated again once it is back.
+/// or health brings back the rules that select it. At the start and whenever the stream comes
+/// back, every container's state is listed first (what happened meanwhile), and every crash
+/// rule is evaluated again.
 async fn follow_crashes(
     docker: Arc<dyn Docker>,
     crashes: Arc<Mutex<Crashes>>,
@@ -359,6 +370,15 @@ async fn follow_crashes(
     let mut backoff = std::time::Duration::from_millis(500);
     loop {
         let mut events = docker.events();
+        // What happened while not listening (before the first subscription too).
+        match docker.container_states().await {
+            Ok(states) => {
+                if let Ok(mut crashes) = crashes.lock() {
+                    crashes.relist(&states, jiff::Timestamp::now());
+                }
+            }
+            Err(error) => tracing::warn!("could not list containers for the crash rules: {error}"),
+        }
         let all: Vec<(String, String)> = rules
             .lock()
             .map(|r| r.keys().cloned().collect())
