@@ -22,14 +22,12 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use infrapilot_e2e::docker::{ContainerSpec, TestDocker, images};
 use infrapilot_e2e::edge::TestEdge;
 use infrapilot_e2e::operator::{Operator, cli};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn proxy(name: &str, host: &str, app: &str) -> String {
     format!(
@@ -264,55 +262,6 @@ async fn batch(
     }
 }
 
-/// A Unix socket in front of Docker's that counts the HTTP requests going through it.
-async fn counting_docker_socket(path: &Path) -> Arc<AtomicUsize> {
-    let count = Arc::new(AtomicUsize::new(0));
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path).expect("the counting socket");
-    let counter = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let Ok(mut docker) = tokio::net::UnixStream::connect("/var/run/docker.sock").await
-                else {
-                    return;
-                };
-                let (mut client_read, mut client_write) = client.split();
-                let (mut docker_read, mut docker_write) = docker.split();
-                let upstream = async {
-                    let mut buffer = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match client_read.read(&mut buffer).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        // A request starts with its method; bodies (tar uploads) are binary and
-                        // do not hold these at the start of a read in practice.
-                        let chunk = &buffer[..n];
-                        for method in [&b"GET /"[..], b"POST /", b"PUT /", b"DELETE /", b"HEAD /"] {
-                            if chunk.starts_with(method) {
-                                counter.fetch_add(1, Ordering::SeqCst);
-                            }
-                        }
-                        if docker_write.write_all(chunk).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = docker_write.shutdown().await;
-                };
-                // Each side's end is passed on: an exec's output ends when Docker closes.
-                let downstream = async {
-                    let _ = tokio::io::copy(&mut docker_read, &mut client_write).await;
-                    let _ = client_write.shutdown().await;
-                };
-                let _ = tokio::join!(upstream, downstream);
-            });
-        }
-    });
-    count
-}
-
 #[tokio::main]
 async fn main() {
     let root = std::env::temp_dir().join(format!("infrapilot-proxy-bench-{}", std::process::id()));
@@ -326,7 +275,7 @@ async fn main() {
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     let socket = root.join("docker.sock");
-    let calls = counting_docker_socket(&socket).await;
+    let calls = infrapilot_e2e::docker::counting_socket(&socket).await;
     let docker_host = format!("unix://{}", socket.display());
 
     // (c) 1,000 Proxies from a cold start.

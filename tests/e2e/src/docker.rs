@@ -392,3 +392,57 @@ async fn remove_scope(docker: &Docker, scope: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// A Unix socket in front of Docker's that counts the HTTP requests going through it.
+pub async fn counting_socket(
+    path: &std::path::Path,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let count = Arc::new(AtomicUsize::new(0));
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path).expect("the counting socket");
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut docker) = tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.split();
+                let (mut docker_read, mut docker_write) = docker.split();
+                let upstream = async {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match client_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        // A request starts with its method; bodies (tar uploads) are binary and
+                        // do not hold these at the start of a read in practice.
+                        let chunk = &buffer[..n];
+                        for method in [&b"GET /"[..], b"POST /", b"PUT /", b"DELETE /", b"HEAD /"] {
+                            if chunk.starts_with(method) {
+                                counter.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        if docker_write.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = docker_write.shutdown().await;
+                };
+                // Each side's end is passed on: an exec's output ends when Docker closes.
+                let downstream = async {
+                    let _ = tokio::io::copy(&mut docker_read, &mut client_write).await;
+                    let _ = client_write.shutdown().await;
+                };
+                let _ = tokio::join!(upstream, downstream);
+            });
+        }
+    });
+    count
+}
