@@ -233,37 +233,41 @@ async fn a_policy_failing_twice_fires_once_to_the_live_channel_and_resolves_on_s
     operator.stop().await.unwrap();
 }
 
-fn certificate_rule(name: &str, within: &str, url: &str) -> String {
+fn certificate_rule(name: &str, within: &str, proxies: &str, url: &str) -> String {
     format!(
         "apiVersion: infrapilot.io/v1alpha1\nkind: AlertChannel\nmetadata:\n  name: {name}-hook\nspec:\n  webhook:\n    url: {url}\n\
          ---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: {name}\nspec:\n  \
-         certificateExpiry:\n    within: {within}\n  groupWait: 0s\n  channels:\n    - name: {name}-hook\n"
+         certificateExpiry:\n    within: {within}\n    proxies: [{proxies}]\n  groupWait: 0s\n  channels:\n    - name: {name}-hook\n"
     )
 }
 
 #[tokio::test]
-async fn a_certificate_expiring_within_the_window_fires_and_one_outside_it_does_not() {
-    use crate::proxy::{by_name, certificate_for, proxy, setup, tls_secret};
+async fn certificates_expiring_within_the_window_or_expired_fire_and_one_outside_it_does_not() {
+    use crate::proxy::{by_name, certificate_for, certificate_for_days, proxy, setup, tls_secret};
     use infrapilot_e2e::docker::{ContainerSpec, images};
 
     let s = setup("alert-certificates").await;
     let webhook = WebhookServer::start().await.unwrap();
     let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
-    // The test PKI's leaf certificates are valid for 30 days.
+    // The test PKI's leaf certificates are valid for 30 days; another expired a day ago.
     let host = "expiring.example.test";
     let (chain, key, _) = certificate_for(&s.operator.dir().join("pki"), host);
     s.write("secret.yaml", &tls_secret("expiring-tls", &chain, &key));
-    // A plain Proxy beside it: nothing to expire, so no alert and no rule brought back.
+    let gone = "gone.example.test";
+    let (old_chain, old_key, _) =
+        certificate_for_days(&s.operator.dir().join("pki-gone"), gone, "-1");
+    s.write(
+        "gone-secret.yaml",
+        &tls_secret("gone-tls", &old_chain, &old_key),
+    );
+    // A plain Proxy beside them: nothing to expire, so no alert and no rule brought back.
+    let tls = |secret: &str| format!("  tls:\n    secretName: {secret}\n");
     s.write(
         "proxies.yaml",
         &format!(
-            "{}---\n{}",
-            proxy(
-                "expiring",
-                host,
-                &by_name(&app.name),
-                "  tls:\n    secretName: expiring-tls\n"
-            ),
+            "{}---\n{}---\n{}",
+            proxy("expiring", host, &by_name(&app.name), &tls("expiring-tls")),
+            proxy("gone", gone, &by_name(&app.name), &tls("gone-tls")),
             proxy("plain", "plain.example.test", &by_name(&app.name), "")
         ),
     );
@@ -271,31 +275,60 @@ async fn a_certificate_expiring_within_the_window_fires_and_one_outside_it_does_
         "rules.yaml",
         &format!(
             "{}---\n{}",
-            certificate_rule("soon", "60d", &webhook.url("/soon")),
-            certificate_rule("quiet", "7d", &webhook.url("/quiet"))
+            certificate_rule(
+                "soon",
+                "60d",
+                "expiring, gone, plain",
+                &webhook.url("/soon")
+            ),
+            certificate_rule("quiet", "7d", "expiring, plain", &webhook.url("/quiet"))
         ),
     );
     let served = s.ready("expiring", "True").await;
     let not_after = served["status"]["certificate"]["notAfter"].clone();
     assert!(not_after.is_string(), "{served}");
 
-    let requests = webhook.wait_for_requests(1, TIMEOUT).await;
-    assert_eq!(requests[0].path, "/soon");
-    let body = requests[0].json().unwrap();
-    assert_eq!(body["status"], "firing");
-    assert_eq!(body["commonLabels"]["proxy"], "expiring");
-    assert_eq!(body["commonLabels"]["condition"], "certificateExpiry");
-    let summary = body["alerts"][0]["annotations"]["summary"]
-        .as_str()
-        .unwrap();
+    // Both certificates reach the 60-day rule's channel, in one notification or two.
+    let alerts = eventually("both certificates told", TIMEOUT, || async {
+        let alerts: Vec<Value> = bodies(&webhook)
+            .iter()
+            .flat_map(|b| b["alerts"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let of = |proxy: &str| alerts.iter().any(|a| a["labels"]["proxy"] == proxy);
+        if of("expiring") && of("gone") {
+            Ok(alerts)
+        } else {
+            Err(format!("{alerts:#?}\n{}", s.operator.log()))
+        }
+    })
+    .await;
+    let summary_of = |proxy: &str| {
+        alerts
+            .iter()
+            .rev()
+            .find(|a| a["labels"]["proxy"] == proxy)
+            .and_then(|a| a["annotations"]["summary"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let expiring = summary_of("expiring");
     assert!(
-        summary.starts_with("expires in 29d") || summary.starts_with("expires in 30d"),
-        "{summary}"
+        expiring.starts_with("expires in 29d") || expiring.starts_with("expires in 30d"),
+        "{expiring}"
     );
-    assert!(summary.contains(not_after.as_str().unwrap()), "{summary}");
+    assert!(expiring.contains(not_after.as_str().unwrap()), "{expiring}");
+    let expired = summary_of("gone");
+    assert!(
+        expired.starts_with("expired 1d") || expired.starts_with("expired 23h"),
+        "{expired}"
+    );
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a["labels"]["condition"] == "certificateExpiry")
+    );
 
-    // The 7-day rule has evaluated the same Proxy and stays quiet; it will fire when the
-    // certificate enters its window, which its status does not know yet but its next look does.
+    // The 7-day rule has evaluated the 30-day certificate and stays quiet.
     let quiet = eventually("the quiet rule evaluated", TIMEOUT, || async {
         let rule = s
             .operator
@@ -311,7 +344,17 @@ async fn a_certificate_expiring_within_the_window_fires_and_one_outside_it_does_
     assert!(quiet["status"]["activeAlerts"].is_null(), "{quiet:#}");
     let soon = s.operator.get("alertrule", "soon").await.unwrap();
     assert_eq!(soon["status"]["state"], "Firing");
-    assert_eq!(soon["status"]["activeAlerts"][0]["subject"], "expiring");
+    let subjects: Vec<&str> = soon["status"]["activeAlerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["subject"].as_str())
+        .collect();
+    assert_eq!(
+        subjects,
+        ["expiring", "gone"],
+        "the plain Proxy has nothing to expire"
+    );
     assert!(
         webhook.requests().iter().all(|r| r.path == "/soon"),
         "the quiet rule sent nothing"

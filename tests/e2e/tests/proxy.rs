@@ -493,6 +493,16 @@ async fn a_restart_rewrites_and_reloads_nothing_that_is_served() {
 
 /// A CA and a certificate it signed for `host`, made with openssl: (chain PEM, key PEM, CA PEM).
 pub(crate) fn certificate_for(dir: &std::path::Path, host: &str) -> (String, String, String) {
+    certificate_for_days(dir, host, "30")
+}
+
+/// [`certificate_for`] with a leaf valid for `days` (a negative number gives one that expired
+/// that many days ago: OpenSSL 3 sets notAfter before notBefore).
+pub(crate) fn certificate_for_days(
+    dir: &std::path::Path,
+    host: &str,
+    days: &str,
+) -> (String, String, String) {
     let run = |args: &[&str]| {
         let output = std::process::Command::new("openssl")
             .args(args)
@@ -556,7 +566,7 @@ pub(crate) fn certificate_for(dir: &std::path::Path, host: &str) -> (String, Str
         "-out",
         "leaf.crt",
         "-days",
-        "30",
+        days,
         "-extfile",
         "san.ext",
     ]);
