@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::get::format_rows;
+use super::get::{Scope, format_rows};
 use super::state::StateArgs;
 use crate::api::Kind;
 use crate::api::alert::{AlertRule, AlertState};
@@ -13,17 +13,8 @@ use crate::standalone::store::Store;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The namespace to look in.
-    #[arg(
-        short = 'n',
-        long,
-        env = "INFRAPILOT_NAMESPACE",
-        default_value = "default"
-    )]
-    pub namespace: String,
-    /// Look in every namespace.
-    #[arg(short = 'A', long, env = "INFRAPILOT_ALL_NAMESPACES")]
-    pub all_namespaces: bool,
+    #[command(flatten)]
+    pub scope: Scope,
     /// Only firing alerts, not pending ones.
     #[arg(long, env = "INFRAPILOT_ALERTS_FIRING")]
     pub firing: bool,
@@ -37,7 +28,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async {
         let store = Store::open(args.state.open_existing().await?.pool()).await?;
-        let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
+        let namespace = (!args.scope.all_namespaces).then_some(args.scope.namespace.as_str());
         let rules: Vec<Value> = store
             .list(Some(Kind::AlertRule.name()), namespace)
             .await?
@@ -68,7 +59,7 @@ fn table(rules: &[Value], args: &Args, now: jiff::Timestamp) -> String {
                 continue;
             }
             let mut row = Vec::new();
-            if args.all_namespaces {
+            if args.scope.all_namespaces {
                 row.push(namespace.clone());
             }
             row.extend([
@@ -86,7 +77,7 @@ fn table(rules: &[Value], args: &Args, now: jiff::Timestamp) -> String {
         return String::new();
     }
     let mut header: Vec<String> = Vec::new();
-    if args.all_namespaces {
+    if args.scope.all_namespaces {
         header.push("NAMESPACE".into());
     }
     header.extend(["RULE", "SUBJECT", "STATE", "SEVERITY", "SINCE", "VALUE"].map(String::from));
@@ -102,8 +93,10 @@ mod tests {
 
     fn args(all: bool, firing: bool) -> Args {
         Args {
-            namespace: "default".into(),
-            all_namespaces: all,
+            scope: Scope {
+                namespace: "default".into(),
+                all_namespaces: all,
+            },
             firing,
             state: StateArgs {
                 state_dir: ".infrapilot".into(),

@@ -16,6 +16,18 @@ pub struct Args {
     pub kind: String,
     /// Only this object.
     pub name: Option<String>,
+    #[command(flatten)]
+    pub scope: Scope,
+    /// Output format: `wide` adds the secondary columns; `yaml` and `json` print the objects.
+    #[arg(short = 'o', long, env = "INFRAPILOT_OUTPUT", value_enum)]
+    pub output: Option<Output>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+/// Which namespaces a listing looks in, as `kubectl` takes them (`get`, `alerts`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct Scope {
     /// The namespace to look in.
     #[arg(
         short = 'n',
@@ -27,11 +39,6 @@ pub struct Args {
     /// Look in every namespace.
     #[arg(short = 'A', long, env = "INFRAPILOT_ALL_NAMESPACES")]
     pub all_namespaces: bool,
-    /// Output format: `wide` adds the secondary columns; `yaml` and `json` print the objects.
-    #[arg(short = 'o', long, env = "INFRAPILOT_OUTPUT", value_enum)]
-    pub output: Option<Output>,
-    #[command(flatten)]
-    pub state: StateArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -69,10 +76,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let store = Store::open(args.state.open_existing().await?.pool()).await?;
         let mut found: Vec<(Kind, Vec<StoredObject>)> = Vec::new();
         for kind in &kinds {
-            let namespace = match (kind.namespaced(), args.all_namespaces) {
+            let namespace = match (kind.namespaced(), args.scope.all_namespaces) {
                 (false, _) => Some(""),
                 (true, true) => None,
-                (true, false) => Some(args.namespace.as_str()),
+                (true, false) => Some(args.scope.namespace.as_str()),
             };
             let mut objects = store.list(Some(kind.name()), namespace).await?;
             if let Some(name) = &args.name {
@@ -87,10 +94,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let text = render(&found, args, jiff::Timestamp::now())?;
         super::write_stdout(&text)?;
         if found.iter().all(|(_, objects)| objects.is_empty()) && args.output.is_none() {
-            if args.all_namespaces {
+            if args.scope.all_namespaces {
                 eprintln!("No resources found");
             } else {
-                eprintln!("No resources found in {} namespace.", args.namespace);
+                eprintln!("No resources found in {} namespace.", args.scope.namespace);
             }
         }
         let problems = store.problems().await?;
@@ -139,7 +146,7 @@ fn render(
                     objects,
                     wide,
                     qualified,
-                    args.all_namespaces,
+                    args.scope.all_namespaces,
                     now,
                 ));
             }

@@ -218,22 +218,13 @@ impl Docker for Engine {
         };
         Ok(Some(ContainerFacts {
             id: inspect.id.unwrap_or_default(),
-            name: inspect
-                .name
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_owned(),
+            name: inspected_name(inspect.name),
             running: inspect.state.and_then(|s| s.running).unwrap_or(false),
             network_mode: inspect
                 .host_config
                 .and_then(|h| h.network_mode)
                 .unwrap_or_default(),
-            labels: inspect
-                .config
-                .and_then(|c| c.labels)
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            labels: inspected_labels(inspect.config),
             networks: attachments(inspect.network_settings.and_then(|n| n.networks)),
         }))
     }
@@ -266,17 +257,8 @@ impl Docker for Engine {
                 .is_some_and(|s| s.to_string().eq_ignore_ascii_case("unhealthy"));
             states.push(ContainerState {
                 id,
-                name: inspect
-                    .name
-                    .unwrap_or_default()
-                    .trim_start_matches('/')
-                    .to_owned(),
-                labels: inspect
-                    .config
-                    .and_then(|c| c.labels)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
+                name: inspected_name(inspect.name),
+                labels: inspected_labels(inspect.config),
                 running: state.running.unwrap_or(false),
                 exit_code: state.exit_code.unwrap_or_default(),
                 oom_killed: state.oom_killed.unwrap_or(false),
@@ -549,7 +531,21 @@ impl Docker for Engine {
     }
 }
 
-/// The event, when it is one that following upstreams cares about.
+/// A container's name as an inspect gives it, without the leading `/`.
+fn inspected_name(name: Option<String>) -> String {
+    name.unwrap_or_default().trim_start_matches('/').to_owned()
+}
+
+/// A container's labels as an inspect gives them.
+fn inspected_labels(config: Option<bollard::models::ContainerConfig>) -> BTreeMap<String, String> {
+    config
+        .and_then(|c| c.labels)
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+/// The container or network event, when it is one InfraPilot follows (upstreams, crashes).
 fn container_event(event: bollard::models::EventMessage) -> Option<ContainerEvent> {
     let action = event.action.unwrap_or_default();
     let actor = event.actor.unwrap_or_default();

@@ -41,6 +41,35 @@ fn bodies(webhook: &WebhookServer) -> Vec<Value> {
         .collect()
 }
 
+/// Stops `operator` and starts it again in `dir`, with its probes (for `/metrics`); returns
+/// once the new one has finished `reconciles` rule reconciles.
+async fn restarted(operator: Operator, dir: &std::path::Path, reconciles: u64) -> Operator {
+    operator.stop().await.expect("the operator stops");
+    let operator = Operator::start(
+        dir,
+        &[
+            "run",
+            "--manifests",
+            "manifests",
+            "--probe-address",
+            "127.0.0.1:0",
+        ],
+    )
+    .expect("the operator starts again");
+    eventually(
+        "the restarted operator evaluating the rule",
+        TIMEOUT,
+        || async {
+            match operator.reconciles("alertrule").await? {
+                n if n >= reconciles => Ok(()),
+                n => Err(format!("{n} rule reconciles")),
+            }
+        },
+    )
+    .await;
+    operator
+}
+
 #[tokio::test]
 async fn a_policy_failing_twice_fires_once_to_the_live_channel_and_resolves_on_success() {
     let fixture = Fixture::make("alert-backup", &[Kind::Custom])
@@ -153,29 +182,7 @@ async fn a_policy_failing_twice_fires_once_to_the_live_channel_and_resolves_on_s
     // A restart while firing sends nothing again: the notification log is in the status. The
     // restarted operator evaluates the rule (a run fails every 5 s and brings it back) before
     // the count below is read.
-    operator.stop().await.unwrap();
-    let operator = Operator::start(
-        &dir,
-        &[
-            "run",
-            "--manifests",
-            "manifests",
-            "--probe-address",
-            "127.0.0.1:0",
-        ],
-    )
-    .unwrap();
-    eventually(
-        "the restarted operator evaluating the rule",
-        TIMEOUT,
-        || async {
-            match operator.reconciles("alertrule").await? {
-                n if n >= 4 => Ok(()),
-                n => Err(format!("{n} rule reconciles")),
-            }
-        },
-    )
-    .await;
+    let operator = restarted(operator, &dir, 4).await;
     assert_eq!(
         bodies(&webhook).len(),
         1,
@@ -443,6 +450,18 @@ async fn a_slack_channel_gets_one_coloured_message_per_group() {
     operator.stop().await.unwrap();
 }
 
+/// A webhook channel `hook` at `url`, and the rule `crashes` on every container of the test's
+/// Docker scope (3 restarts within 10 m make a loop).
+fn crash_rule(scope: &str, url: &str) -> String {
+    format!(
+        "{}---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: crashes\nspec:\n  \
+         containerCrash:\n    selector:\n      {}: {scope}\n    restarts: 3\n    window: 10m\n  \
+         groupWait: 0s\n  channels:\n    - name: hook\n",
+        channel("hook", url),
+        infrapilot_e2e::docker::SCOPE_LABEL
+    )
+}
+
 /// `docker run -d` of the PostgreSQL test image's shell with `args` before the image and
 /// `script` after it, labelled with the test's scope (cleaned up with it); returns the name.
 async fn shell_container(
@@ -491,13 +510,7 @@ async fn crashes_an_oom_and_a_failing_health_check_fire_a_stop_does_not_and_a_lo
     let operator = Operator::start(&dir, &["run", "--manifests", "manifests"]).unwrap();
     std::fs::write(
         operator.manifests().join("rule.yaml"),
-        format!(
-            "{}---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: crashes\nspec:\n  \
-             containerCrash:\n    selector:\n      {}: {scope}\n    restarts: 3\n    window: 10m\n  \
-             groupWait: 0s\n  channels:\n    - name: hook\n",
-            channel("hook", &webhook.url("/crashes")),
-            infrapilot_e2e::docker::SCOPE_LABEL
-        ),
+        crash_rule(&scope, &webhook.url("/crashes")),
     )
     .unwrap();
     // The rule is evaluated, and follows Docker's events, before anything crashes.
@@ -656,16 +669,10 @@ async fn a_crash_while_the_operator_was_away_fires_once_from_the_relist() {
     std::fs::create_dir_all(dir.join("manifests")).unwrap();
     std::fs::write(
         dir.join("manifests/rule.yaml"),
-        format!(
-            "{}---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: crashes\nspec:\n  \
-             containerCrash:\n    selector:\n      {}: {scope}\n  groupWait: 0s\n  channels:\n    - name: hook\n",
-            channel("hook", &webhook.url("/crashes")),
-            infrapilot_e2e::docker::SCOPE_LABEL
-        ),
+        crash_rule(&scope, &webhook.url("/crashes")),
     )
     .unwrap();
-    let args = ["run", "--manifests", "manifests"];
-    let operator = Operator::start(&dir, &args).unwrap();
+    let operator = Operator::start(&dir, &["run", "--manifests", "manifests"]).unwrap();
     let requests = webhook.wait_for_requests(1, TIMEOUT).await;
     let body = requests[0].json().unwrap();
     let alerts = body["alerts"].as_array().unwrap();
@@ -678,29 +685,7 @@ async fn a_crash_while_the_operator_was_away_fires_once_from_the_relist() {
     assert_eq!(alerts[0]["annotations"]["summary"], "exited with code 5");
 
     // Started again, it lists the same exit again and tells nobody twice.
-    operator.stop().await.unwrap();
-    let operator = Operator::start(
-        &dir,
-        &[
-            "run",
-            "--manifests",
-            "manifests",
-            "--probe-address",
-            "127.0.0.1:0",
-        ],
-    )
-    .unwrap();
-    eventually(
-        "the restarted operator evaluating the rule",
-        TIMEOUT,
-        || async {
-            match operator.reconciles("alertrule").await? {
-                n if n >= 1 => Ok(()),
-                n => Err(format!("{n} rule reconciles")),
-            }
-        },
-    )
-    .await;
+    let operator = restarted(operator, &dir, 1).await;
     let rule = operator.get("alertrule", "crashes").await.unwrap();
     assert_eq!(
         rule["status"]["activeAlerts"][0]["subject"],
