@@ -41,6 +41,43 @@ fn bodies(webhook: &WebhookServer) -> Vec<Value> {
         .collect()
 }
 
+/// A URL on a loopback port nothing listens on: a dead endpoint.
+fn closed_url(path: &str) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let address = listener.local_addr().expect("its address");
+    drop(listener);
+    format!("http://{address}{path}")
+}
+
+/// Asserts that the rule `rule` tried the channel `channel` at least once and no more often
+/// than its backoff allows since `since` (the first attempt): `first` seconds after the first
+/// failure, doubling (one more attempt is allowed, for a resolution).
+async fn assert_backed_off(
+    dir: &std::path::Path,
+    rule: &str,
+    channel: &str,
+    since: jiff::Timestamp,
+    first: f64,
+) {
+    let target = format!("AlertChannel default/{channel}");
+    let attempts = audit(dir)
+        .await
+        .iter()
+        .filter(|r| {
+            r["action"] == "notification.send"
+                && r["object"]["name"] == rule
+                && r["target"] == target
+        })
+        .count();
+    let elapsed = jiff::Timestamp::now().duration_since(since).as_secs_f64();
+    let schedule = (0..12).map(|k| first * (2f64.powi(k) - 1.0));
+    let allowed = schedule.filter(|t| *t <= elapsed + 1.0).count() + 1;
+    assert!(
+        (1..=allowed).contains(&attempts),
+        "{attempts} attempts of {rule} to {channel} in {elapsed:.0} s (at most {allowed})"
+    );
+}
+
 /// Stops `operator` and starts it again in `dir`, with its probes (for `/metrics`); returns
 /// once the new one has finished `reconciles` rule reconciles.
 async fn restarted(operator: Operator, dir: &std::path::Path, reconciles: u64) -> Operator {
@@ -84,9 +121,7 @@ async fn a_policy_failing_twice_fires_once_to_the_live_channel_and_resolves_on_s
     let operator = Operator::start(&dir, &["run", "--manifests", "manifests"]).unwrap();
     let manifests = operator.manifests();
     // A closed port: the dead channel's deliveries fail and are retried on the backoff.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_url = format!("http://{}/dead", dead.local_addr().unwrap());
-    drop(dead);
+    let dead_url = closed_url("/dead");
     std::fs::write(
         manifests.join("channels.yaml"),
         format!(
@@ -213,30 +248,12 @@ async fn a_policy_failing_twice_fires_once_to_the_live_channel_and_resolves_on_s
     );
 
     // The dead channel was retried on the backoff (5 s doubling), not in a loop.
-    let records = audit(&dir).await;
-    let dead_attempts = records
-        .iter()
-        .filter(|r| {
-            r["action"] == "notification.send"
-                && r["object"]["name"] == "backups"
-                && r["target"] == "AlertChannel default/dead"
-        })
-        .count();
     let fired_at = firing["status"]["activeAlerts"][0]["firedAt"]
         .as_str()
         .unwrap()
         .parse::<jiff::Timestamp>()
         .unwrap();
-    let elapsed = jiff::Timestamp::now()
-        .duration_since(fired_at)
-        .as_secs_f64();
-    // Attempts at 0, 5, 15, 35, 75, 155 s... after firing (and one more for the resolution).
-    let schedule = [0.0, 5.0, 15.0, 35.0, 75.0, 155.0, 315.0];
-    let allowed = schedule.iter().filter(|t| **t <= elapsed + 1.0).count() + 1;
-    assert!(
-        (1..=allowed).contains(&dead_attempts),
-        "{dead_attempts} attempts to the dead channel in {elapsed:.0} s (at most {allowed})"
-    );
+    assert_backed_off(&dir, "backups", "dead", fired_at, 5.0).await;
     operator.stop().await.unwrap();
 }
 
@@ -290,6 +307,12 @@ async fn certificates_expiring_within_the_window_or_expired_fire_and_one_outside
             ),
             certificate_rule("quiet", "7d", "expiring, plain", &webhook.url("/quiet"))
         ),
+    );
+    // A neighbour that cannot notify: its channel does not exist.
+    s.write(
+        "orphan.yaml",
+        "apiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: orphan\nspec:\n  \
+         certificateExpiry:\n    within: 60d\n    proxies: [gone]\n  groupWait: 0s\n  channels:\n    - name: missing\n",
     );
     let served = s.ready("expiring", "True").await;
     let not_after = served["status"]["certificate"]["notAfter"].clone();
@@ -366,6 +389,20 @@ async fn certificates_expiring_within_the_window_or_expired_fire_and_one_outside
         webhook.requests().iter().all(|r| r.path == "/soon"),
         "the quiet rule sent nothing"
     );
+    // The orphan says why it cannot notify, fires all the same, and retries on the backoff.
+    let orphan = s
+        .operator
+        .wait_for_condition("alertrule", "orphan", "Ready", "False")
+        .await;
+    let ready = infrapilot_e2e::wait::condition(&orphan, "Ready").unwrap();
+    assert_eq!(ready["reason"], "ChannelNotFound", "{ready:#}");
+    assert_eq!(orphan["status"]["activeAlerts"][0]["subject"], "gone");
+    let fired_at = orphan["status"]["activeAlerts"][0]["firedAt"]
+        .as_str()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+    assert_backed_off(s.operator.dir(), "orphan", "missing", fired_at, 15.0).await;
     s.operator.stop().await.unwrap();
 }
 
@@ -408,7 +445,9 @@ async fn a_slack_channel_gets_one_coloured_message_per_group() {
              ---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertChannel\nmetadata:\n  name: slack\nspec:\n  \
              slack:\n    webhookUrlSecretRef: {{name: slack, key: url}}\n    channel: \"#ops\"\n\
              ---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: backups\nspec:\n  \
-             backupValidationFailed: {{}}\n  severity: Critical\n  groupWait: 0s\n  channels:\n    - name: slack\n\
+             backupValidationFailed: {{}}\n  severity: Critical\n  groupWait: 0s\n  channels:\n    - name: slack\n    - name: broken\n\
+             ---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertChannel\nmetadata:\n  name: broken\nspec:\n  \
+             slack:\n    webhookUrlSecretRef: {{name: missing, key: url}}\n\
              ---\n{policy}",
             url = slack.url("/services/T0/B0/secret"),
             policy = policy("nightly", &corrupt, "", "  runOnCreate: true\n"),
@@ -437,9 +476,28 @@ async fn a_slack_channel_gets_one_coloured_message_per_group() {
             .contains("1 failed validation run"),
         "{body:#}"
     );
-    // The rule's status and audit never show the webhook's secret URL.
+    // The channel whose Secret is missing beside it is shown on the rule and retried on the
+    // backoff, never in a loop.
     let rule = operator.get("alertrule", "backups").await.unwrap();
-    assert!(!rule.to_string().contains("secret"), "{rule:#}");
+    let ready = infrapilot_e2e::wait::condition(&rule, "Ready").unwrap();
+    assert!(
+        ["ChannelNotReady", "DeliveryFailed"]
+            .contains(&ready["reason"].as_str().unwrap_or_default())
+            && ready["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("broken"),
+        "{ready:#}"
+    );
+    let fired_at = rule["status"]["activeAlerts"][0]["firedAt"]
+        .as_str()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+    assert_backed_off(&dir, "backups", "broken", fired_at, 15.0).await;
+    assert_eq!(slack.requests().len(), 1, "the good channel was told once");
+    // The rule's status and audit never show the webhook's secret URL.
+    assert!(!rule.to_string().contains("/services/T0"), "{rule:#}");
     let records = audit(&dir).await;
     assert!(
         records
@@ -450,14 +508,15 @@ async fn a_slack_channel_gets_one_coloured_message_per_group() {
     operator.stop().await.unwrap();
 }
 
-/// A webhook channel `hook` at `url`, and the rule `crashes` on every container of the test's
-/// Docker scope (3 restarts within 10 m make a loop).
+/// A webhook channel `hook` at `url`, a dead one beside it, and the rule `crashes` telling both
+/// of every container of the test's Docker scope (3 restarts within 10 m make a loop).
 fn crash_rule(scope: &str, url: &str) -> String {
     format!(
-        "{}---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: crashes\nspec:\n  \
+        "{}---\n{}---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: crashes\nspec:\n  \
          containerCrash:\n    selector:\n      {}: {scope}\n    restarts: 3\n    window: 10m\n  \
-         groupWait: 0s\n  channels:\n    - name: hook\n",
+         groupWait: 0s\n  channels:\n    - name: hook\n    - name: dead\n",
         channel("hook", url),
+        channel("dead", &closed_url("/dead")),
         infrapilot_e2e::docker::SCOPE_LABEL
     )
 }
@@ -634,6 +693,17 @@ async fn crashes_an_oom_and_a_failing_health_check_fire_a_stop_does_not_and_a_lo
         "{looping:#}"
     );
     assert_eq!(bodies(&webhook).len(), sent, "the loop was told once");
+    // The dead channel beside the live one held nothing up and was retried on the backoff.
+    let first_fired = rule["status"]["activeAlerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["firedAt"].as_str()?.parse::<jiff::Timestamp>().ok())
+        .min()
+        .unwrap();
+    assert_backed_off(&dir, "crashes", "dead", first_fired, 5.0).await;
+    let ready = infrapilot_e2e::wait::condition(&rule, "Ready").unwrap();
+    assert_eq!(ready["reason"], "DeliveryFailed", "{ready:#}");
     operator.stop().await.unwrap();
     docker.cleanup().await.unwrap();
 }
