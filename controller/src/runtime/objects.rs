@@ -61,6 +61,30 @@ impl Selector {
         });
         labels_match && owner_matches && fields_match && present
     }
+
+    /// Pieces of text that the compact JSON of every object this selector matches contains
+    /// (`"tls":` for `present: [spec.tls]`, `"name":"nightly"` for a field). A store of
+    /// JSON text narrows a list with them before [`Self::matches`] decides: a row that lacks
+    /// one cannot match, and is never read. They may let through objects that do not match
+    /// (the text can sit at another depth), never the other way round.
+    pub fn fragments(&self) -> Vec<String> {
+        // serde_json writes a key or a string the same way wherever it sits, and its compact
+        // form has no space after the colon.
+        let text = |s: &str| Value::from(s).to_string();
+        let last = |path: &str| path.rsplit('.').next().unwrap_or(path).to_owned();
+        let pair = |key: &str, value: &str| format!("{}:{}", text(key), text(value));
+        let labels = self.labels.iter().map(|(key, value)| pair(key, value));
+        let owner = self.owner.iter().map(|uid| pair("uid", uid));
+        let fields = self
+            .fields
+            .iter()
+            .map(|(path, value)| pair(&last(path), value));
+        let present = self
+            .present
+            .iter()
+            .map(|path| format!("{}:", text(&last(path))));
+        labels.chain(owner).chain(fields).chain(present).collect()
+    }
 }
 
 /// Objects of any kind in one runtime.
@@ -184,6 +208,65 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Whatever matches contains every fragment: the store may drop a row for lacking one.
+    #[test]
+    fn every_object_a_selector_matches_contains_its_fragments() {
+        let objects = [
+            json!({"metadata": {"name": "a", "labels": {"team": "shop", "x\"y": "1%_"},
+                "ownerReferences": [{"apiVersion": "v1", "uid": "u-1"}]},
+                "spec": {"policyRef": {"name": "nightly"}, "tls": {"secretName": "s"}}}),
+            json!({"metadata": {"name": "b", "labels": {"team": "ops"}},
+                "spec": {"policyRef": {"name": "weekly"}, "tls": null}}),
+            json!({"metadata": {"name": "c"}, "spec": {"name": "nightly"}}),
+        ];
+        let selectors = [
+            Selector::everything(),
+            Selector {
+                labels: [
+                    ("team".into(), "shop".into()),
+                    ("x\"y".into(), "1%_".into()),
+                ]
+                .into(),
+                owner: Some("u-1".into()),
+                fields: [("spec.policyRef.name".into(), "nightly".into())].into(),
+                present: vec!["spec.tls".into()],
+            },
+            Selector {
+                fields: [("spec.policyRef.name".into(), "weekly".into())].into(),
+                ..Selector::everything()
+            },
+            Selector {
+                present: vec!["spec.tls".into()],
+                ..Selector::everything()
+            },
+        ];
+        let mut matched = 0;
+        for selector in &selectors {
+            for object in &objects {
+                let text = object.to_string();
+                let contains = selector
+                    .fragments()
+                    .iter()
+                    .all(|f| text.contains(f.as_str()));
+                if selector.matches(object) {
+                    matched += 1;
+                    assert!(
+                        contains,
+                        "{selector:?} matches {text} without its fragments"
+                    );
+                }
+            }
+        }
+        // Matches both ways, so the assertion above had something to check.
+        assert_eq!(matched, 3 + 1 + 1 + 1);
+        // And the fragments narrow: `present` drops the object without the key at all.
+        let tls = &selectors[3].fragments();
+        assert!(
+            !tls.iter()
+                .all(|f| objects[2].to_string().contains(f.as_str()))
+        );
+    }
 
     #[test]
     fn a_selector_matches_labels_and_owner() {

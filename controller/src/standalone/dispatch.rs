@@ -142,7 +142,7 @@ impl Workers {
                         }
                         let keep = |manifest: &serde_json::Value| every.is_none_or(|f| f(manifest));
                         match store
-                            .list_where(Some(kind.name()), Some(&namespace), keep)
+                            .list_where(Some(kind.name()), Some(&namespace), &[], keep)
                             .await
                         {
                             Ok(objects) => {

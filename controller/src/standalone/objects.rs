@@ -48,9 +48,12 @@ impl StoreObjects {
         // policy lists its runs among every run in the namespace at each reconcile.
         let stored = self
             .store
-            .list_where(Some(kind.name()), namespace, |object| {
-                selector.matches(object)
-            })
+            .list_where(
+                Some(kind.name()),
+                namespace,
+                &selector.fragments(),
+                |object| selector.matches(object),
+            )
             .await
             .map_err(failure)?;
         Ok(stored

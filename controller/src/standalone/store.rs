@@ -229,26 +229,40 @@ impl Store {
         kind: Option<&str>,
         namespace: Option<&str>,
     ) -> anyhow::Result<Vec<StoredObject>> {
-        self.list_where(kind, namespace, |_| true).await
+        self.list_where(kind, namespace, &[], |_| true).await
     }
 
-    /// [`Self::list`], keeping only the objects whose manifest (without its status) `keep`
-    /// accepts; the status of the others is never read.
+    /// [`Self::list`], keeping only the objects whose manifest (without its status) contains
+    /// every one of `fragments` as text and that `keep` accepts; the status of the others is
+    /// never read.
+    ///
+    /// The fragments are matched by the database (`LIKE`, in both dialects), so that rows
+    /// which cannot be kept never leave it: SQLx's SQLite driver hands each row over from its
+    /// worker thread on its own, and at 2,000 Proxies those hand-overs, not the query, were
+    /// most of a list's time (1,500 certificate rules listing a namespace's TLS Proxies took
+    /// 2.3 s of a cold start).
     pub async fn list_where(
         &self,
         kind: Option<&str>,
         namespace: Option<&str>,
+        fragments: &[String],
         keep: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Vec<StoredObject>> {
         // Only the conditions given, so that the primary key (kind, namespace, name) finds the
         // rows: with `$1 IS NULL OR kind = $1` SQLite scanned the whole table for every list.
         let mut sql = format!("SELECT {} FROM objects", object_columns!());
-        let conditions: Vec<String> = [("kind", kind), ("namespace", namespace)]
-            .iter()
-            .filter(|(_, value)| value.is_some())
-            .enumerate()
-            .map(|(i, (column, _))| format!("{column} = ${}", i + 1))
-            .collect();
+        let mut values: Vec<String> = Vec::new();
+        let mut conditions: Vec<String> = Vec::new();
+        for (column, value) in [("kind", kind), ("namespace", namespace)] {
+            if let Some(value) = value {
+                values.push(value.to_owned());
+                conditions.push(format!("{column} = ${}", values.len()));
+            }
+        }
+        for fragment in fragments {
+            values.push(format!("%{}%", like_escaped(fragment)));
+            conditions.push(format!("object LIKE ${} ESCAPE '\\'", values.len()));
+        }
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
             sql.push_str(&conditions.join(" AND "));
@@ -256,8 +270,8 @@ impl Store {
         sql.push_str(" ORDER BY kind, namespace, name");
         // Column names are the constants above; the values are bound.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for value in [kind, namespace].into_iter().flatten() {
-            query = query.bind(value.to_owned());
+        for value in values {
+            query = query.bind(value);
         }
         let rows = query.fetch_all(&self.pool).await?;
         let mut kept = Vec::new();
@@ -542,3 +556,15 @@ fn stamp(object: &Body, uid: &str, generation: i64, created: &str) -> Value {
 mod batch;
 #[cfg(test)]
 mod tests;
+
+/// `text` as a `LIKE` pattern that matches exactly it, with `\` as the escape character.
+fn like_escaped(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}

@@ -310,4 +310,19 @@ async fn the_store_batches_reads_and_status_writes_on_postgresql() {
             .all(|s| *s == Some(Value::Bool(true)))
     );
     assert_eq!(statuses[names.len()], None);
+
+    // Lists narrowed in the database ([`Selector::fragments`]) with PostgreSQL's `LIKE`:
+    // `_` is text, not a wildcard.
+    let narrowed = |name: &str| {
+        let fragments = vec![format!("\"name\":\"{name}\"")];
+        async move {
+            store
+                .list_where(Some("AlertChannel"), Some("default"), &fragments, |_| true)
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(narrowed("ch-001").await, 1);
+    assert_eq!(narrowed("ch-00_").await, 0);
 }

@@ -317,3 +317,63 @@ async fn concurrent_reads_and_status_writes_each_get_their_own_answer() {
     assert_eq!(statuses[names.len()], statuses[0]);
     assert_eq!(statuses[names.len() + 1], None);
 }
+
+/// The selector's fragments narrow a list in the database, with `LIKE`'s wildcards and its
+/// escape character taken as text: `a_b` does not select `axb`, `a%b` does not select `a%xb`.
+#[tokio::test]
+async fn a_list_is_narrowed_by_fragments_taken_as_text() {
+    use crate::runtime::objects::Selector;
+    let (_dir, store) = store().await;
+    let tags = ["a%b", "a%xb", "a_b", "axb", "a\\b", "A_B"];
+    let mut docs: Vec<Scanned> = tags
+        .iter()
+        .enumerate()
+        .map(|(i, tag)| scanned(&format!("ch-{i}"), json!({"tag": tag})))
+        .collect();
+    docs.push(scanned("untagged", json!({})));
+    sync(&store, &docs).await;
+    let listed = |selector: Selector| {
+        let store = &store;
+        async move {
+            let fragments = selector.fragments();
+            let kept = store
+                .list_where(Some("AlertChannel"), Some("default"), &fragments, |o| {
+                    selector.matches(o)
+                })
+                .await
+                .unwrap();
+            // What the database let through before the exact match: never fewer.
+            let narrowed = store
+                .list_where(Some("AlertChannel"), Some("default"), &fragments, |_| true)
+                .await
+                .unwrap();
+            let names = |objects: Vec<StoredObject>| -> Vec<String> {
+                objects.into_iter().map(|o| o.key.name).collect()
+            };
+            (names(kept), names(narrowed))
+        }
+    };
+    let tag = |value: &str| Selector {
+        fields: [("spec.tag".to_owned(), value.to_owned())].into(),
+        ..Selector::everything()
+    };
+    for (i, value) in tags.iter().enumerate() {
+        let (kept, narrowed) = listed(tag(value)).await;
+        assert_eq!(kept, vec![format!("ch-{i}")], "{value}");
+        // SQLite's LIKE ignores ASCII case, so `A_B` and `a_b` find each other; nothing else.
+        assert!(narrowed.len() <= 2, "{value}: {narrowed:?}");
+    }
+    let present = Selector {
+        present: vec!["spec.tag".to_owned()],
+        ..Selector::everything()
+    };
+    let (kept, narrowed) = listed(present).await;
+    assert_eq!(kept.len(), tags.len());
+    assert_eq!(
+        narrowed.len(),
+        tags.len(),
+        "the untagged one stays in the database"
+    );
+    let (all, _) = listed(Selector::everything()).await;
+    assert_eq!(all.len(), tags.len() + 1);
+}
