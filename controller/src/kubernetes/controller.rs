@@ -28,7 +28,7 @@ use crate::api::common::Conditions;
 use crate::audit::ObjectRef;
 use crate::reconcile::{Event, EventType, Events, Failure, Reconciler};
 use crate::retry::Category;
-use crate::runtime::driver::{Driver, Next, Reconciled, StatusWriter};
+use crate::runtime::driver::{Driver, Next, Reconciled, StatusWriter, identity};
 use crate::status::{self, Observation};
 
 /// The Api of a kind (or of a wrapper with the kind's scope, such as `DeserializeGuard`),
@@ -172,11 +172,8 @@ fn guard_meta<K: Resource>(
     }
 }
 
-fn guard_uid<K: Resource>(guard: &DeserializeGuard<K>) -> Option<String> {
-    match &guard.0 {
-        Ok(object) => object.meta().uid.clone(),
-        Err(invalid) => invalid.metadata.uid.clone(),
-    }
+fn guard_identity<K: Resource>(guard: &DeserializeGuard<K>) -> String {
+    identity(guard_meta(guard))
 }
 
 /// The action after a failed reconcile: back off by the error's category.
@@ -185,18 +182,12 @@ pub fn error_policy<R: Reconciler>(
     error: &Error,
     shared: Arc<Shared<R>>,
 ) -> Action {
-    let (uid, name) = match &guard.0 {
-        Ok(object) => (object.uid(), object.name_any()),
-        Err(invalid) => (
-            invalid.metadata.uid.clone(),
-            invalid.metadata.name.clone().unwrap_or_default(),
-        ),
-    };
-    let uid = uid.as_deref().unwrap_or(&name);
+    let uid = guard_identity(&guard);
+    let name = guard_meta(&guard).name.clone().unwrap_or_default();
     let delay = match error {
         // Counted and logged where the reconciler failed.
-        Error::Reconcile(failure) => shared.driver.retry_in(uid, failure.category),
-        _ => shared.driver.failed(uid, error.category()),
+        Error::Reconcile(failure) => shared.driver.retry_in(&uid, failure.category),
+        _ => shared.driver.failed(&uid, error.category()),
     };
     warn!(controller = R::CONTROLLER, object = %name, category = %error.category(), retry_in = ?delay, "{error}");
     Action::requeue(delay)
@@ -220,7 +211,7 @@ where
                         .await
                         .map_err(Error::Reconcile)?;
                     if let Ok(mut written) = shared.written.lock() {
-                        written.remove(&object.uid().unwrap_or_default());
+                        written.remove(&identity(object.meta()));
                     }
                     info!(controller = R::CONTROLLER, object = %object.name_any(), "cleaned up; removing the finalizer");
                     Ok(Action::await_change())
@@ -241,7 +232,7 @@ async fn apply<R: Reconciler>(
     object: &R::Object,
     shared: &Shared<R>,
 ) -> Action {
-    let uid = object.uid().unwrap_or_default();
+    let uid = identity(object.meta());
     let remembered = shared
         .written
         .lock()
@@ -448,18 +439,20 @@ pub async fn run<R>(
     }
     let store = controller.store();
     // Deleted objects without a finalizer are never reconciled again: forget their written
-    // status once they have left the cache.
+    // status, and tell the driver, once they have left the cache.
     let pruned = {
         let (store, shared) = (store.clone(), shared.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(shared.resync);
+            // Often enough that a deleted rule's alerts leave /metrics soon.
+            let mut tick = tokio::time::interval(shared.resync.min(Duration::from_secs(10)));
             loop {
                 tick.tick().await;
                 let present: std::collections::HashSet<String> =
-                    store.state().iter().filter_map(|o| guard_uid(o)).collect();
+                    store.state().iter().map(|o| guard_identity(o)).collect();
                 if let Ok(mut written) = shared.written.lock() {
                     written.retain(|uid, _| present.contains(uid));
                 }
+                shared.driver.forget_absent(&present);
             }
         })
     };

@@ -155,6 +155,11 @@ pub trait Reconciler: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The object with `uid` is gone (deleted, or no longer in the runtime's view): drop what
+    /// the reconciler keeps in memory for it. Kinds without a finalizer are never reconciled
+    /// on their way out, so this is where they hear of it.
+    fn forget(&self, _uid: &str) {}
+
     /// The API requests this reconciler makes beyond reading its own kind and writing its
     /// status (and its finalizer, when it has one), which every controller is granted: they
     /// make the operator's ClusterRole (`infrapilot rbac`).

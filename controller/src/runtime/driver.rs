@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kube::Resource;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::reconcile::{Applied, Context, Failure, Reconciler, Requeue};
 use crate::retry::{Backoff, Category};
@@ -38,6 +38,10 @@ pub struct Driver<R: Reconciler> {
     pub metrics: Arc<Metrics>,
     /// Failures in a row per object.
     pub backoff: Backoff,
+    /// The identities of the objects reconciled so far and not yet forgotten: what
+    /// [`Self::forget_absent`] checks, so that an object that came and went between two of
+    /// its looks is forgotten too.
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl<R: Reconciler> std::fmt::Debug for Driver<R> {
@@ -64,6 +68,7 @@ impl<R: Reconciler> Driver<R> {
             ctx,
             metrics,
             backoff: Backoff::default(),
+            seen: std::sync::Mutex::default(),
         }
     }
 
@@ -76,6 +81,9 @@ impl<R: Reconciler> Driver<R> {
         writer: &dyn StatusWriter<R>,
     ) -> Reconciled<R::Status> {
         let started = Instant::now();
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(uid(object));
+        }
         let Applied {
             status,
             requeue,
@@ -103,6 +111,29 @@ impl<R: Reconciler> Driver<R> {
             status,
             stored,
             next,
+        }
+    }
+
+    /// The object with `uid` is gone: its backoff and whatever the reconciler keeps for it go
+    /// too.
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.remove(uid);
+        }
+        self.backoff.reset(uid);
+        self.reconciler.forget(uid);
+    }
+
+    /// Forgets every object reconciled so far whose identity `present` does not hold: for a
+    /// runtime that learns of deletions only by what is still there.
+    pub fn forget_absent(&self, present: &std::collections::HashSet<String>) {
+        let gone: Vec<String> = match self.seen.lock() {
+            Ok(seen) => seen.difference(present).cloned().collect(),
+            Err(_) => return,
+        };
+        for uid in gone {
+            debug!(controller = R::CONTROLLER, %uid, "gone; forgotten");
+            self.forget(&uid);
         }
     }
 
@@ -169,11 +200,21 @@ pub struct Reconciled<S> {
 }
 
 fn uid<K: Resource>(object: &K) -> String {
-    let meta = object.meta();
-    meta.uid
-        .clone()
-        .or_else(|| meta.name.clone())
-        .unwrap_or_default()
+    identity(object.meta())
+}
+
+/// Who an object is to the runtimes' memory of it (backoff, the status last written, what a
+/// reconciler keeps): its uid, or, where an API gives none (the Kubernetes emulator of the
+/// tests), its namespace and name.
+pub fn identity(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    match &meta.uid {
+        Some(uid) => uid.clone(),
+        None => format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        ),
+    }
 }
 
 fn name<K: Resource>(object: &K) -> String {

@@ -208,6 +208,7 @@ impl<R: Reconciler> Dispatch for Controller<R> {
                 // Nothing can be cleaned up for an object this version cannot read.
                 warn!(object = %key, "deleting an object that cannot be read: {error}");
                 workers.forget(&object).await?;
+                self.driver.forget(&object.uid);
                 return Ok(Next::OnChange);
             }
             Err(error) => {
@@ -226,6 +227,7 @@ impl<R: Reconciler> Dispatch for Controller<R> {
                 ));
             }
             workers.forget(&object).await?;
+            self.driver.forget(&object.uid);
             return Ok(Next::OnChange);
         }
         let writer = StoreStatus {
