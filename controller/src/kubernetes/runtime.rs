@@ -118,7 +118,7 @@ async fn lead_and_reconcile(
     };
     metrics.set_leader(true);
 
-    let services = services(options, client.clone()).await?;
+    let services = services(options, client.clone(), metrics.clone()).await?;
     health.set(false, "waiting for the watch caches to sync");
     let synced = Arc::new(AtomicUsize::new(0));
     let on_synced = {
@@ -209,7 +209,11 @@ impl Register for Controllers<'_> {
 }
 
 /// The services, with the cluster's Secrets, Events and objects.
-async fn services(options: &Options, client: kube::Client) -> anyhow::Result<Services> {
+async fn services(
+    options: &Options,
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Services> {
     // Only the audit log keeps tables in the state database in this mode.
     let state = Database::open(&options.state_url).await?;
     let key = AuditKey::load_or_create(&options.audit_key)?;
@@ -224,6 +228,7 @@ async fn services(options: &Options, client: kube::Client) -> anyhow::Result<Ser
         }),
         events,
         objects: Objects(Arc::new(KubeObjects::new(client))),
+        metrics,
     };
     Services::connect(&options.services, parts)
 }

@@ -18,6 +18,7 @@ use crate::edge::{Edge, EdgeApi, EdgeOptions};
 use crate::proxy::acme;
 use crate::reconcile::{Context, Events};
 use crate::secrets::SecretSource;
+use crate::telemetry::Metrics;
 
 /// The settings of the services, the same in both modes.
 #[derive(Clone, Debug)]
@@ -38,6 +39,7 @@ pub struct RuntimeParts {
     pub events: Arc<dyn Events>,
     pub audit: Arc<dyn Audit>,
     pub objects: Objects,
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for RuntimeParts {
@@ -57,6 +59,8 @@ pub struct Services {
     pub restore: Arc<dyn RestoreEngine>,
     pub reports: PathBuf,
     pub max_restores: usize,
+    /// The operator's metrics, for the reconcilers that expose their own (alerts by state).
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Services {
@@ -96,6 +100,7 @@ impl Services {
             restore,
             reports: options.reports.clone(),
             max_restores: options.max_restores,
+            metrics: parts.metrics,
         })
     }
 }

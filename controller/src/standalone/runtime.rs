@@ -82,6 +82,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
     // reconciler created or deleted an object, an object they relate to changed, or an
     // outside system (Docker, a finished restore) has news about one.
     let (keys_tx, mut keys_rx) = unbounded_channel::<Key>();
+    let metrics = Arc::new(Metrics::new());
     let parts = RuntimeParts {
         secrets: secrets.clone(),
         events: Arc::new(StoreEvents {
@@ -92,8 +93,8 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
             store: store.clone(),
             changed: keys_tx.clone(),
         })),
+        metrics: metrics.clone(),
     };
-    let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new("reading the manifests"));
     let (stop_probes, probes_stopped) = tokio::sync::oneshot::channel::<()>();
     let probes = match options.probe_address {

@@ -1,5 +1,8 @@
 //! Prometheus metrics of the reconcile loops. Labels are the controller and the error
 //! category only, never object names: their number stays fixed however many objects exist.
+//! The one exception is the alerts gauge, labelled by rule as Prometheus' own `ALERTS` is:
+//! rules are few, and a rule's series go when the rule does. It never has container, host or
+//! Proxy labels.
 
 use std::time::Duration;
 
@@ -16,6 +19,16 @@ struct ControllerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    namespace: String,
+    rule: String,
+    state: &'static str,
+}
+
+/// The states an alert is counted in.
+pub const ALERT_STATES: [&str; 2] = ["pending", "firing"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     controller: &'static str,
     category: &'static str,
@@ -29,6 +42,7 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     durations: Family<ControllerLabels, Histogram>,
     leader: Gauge,
+    alerts: Family<AlertLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -67,12 +81,19 @@ impl Metrics {
             "1 while this replica holds the leader Lease and reconciles, else 0",
             leader.clone(),
         );
+        let alerts = Family::<AlertLabels, Gauge>::default();
+        registry.register(
+            "alerts",
+            "Alerts of each AlertRule that are pending or firing, by namespace, rule and state",
+            alerts.clone(),
+        );
         Self {
             registry,
             reconciles,
             failures,
             durations,
             leader,
+            alerts,
         }
     }
 
@@ -95,6 +116,31 @@ impl Metrics {
                     category: category.as_str(),
                 })
                 .inc();
+        }
+    }
+
+    /// The rule's alerts in each of [`ALERT_STATES`] (`counts` in that order).
+    pub fn set_alerts(&self, namespace: &str, rule: &str, counts: [usize; 2]) {
+        for (state, count) in ALERT_STATES.into_iter().zip(counts) {
+            let labels = AlertLabels {
+                namespace: namespace.to_owned(),
+                rule: rule.to_owned(),
+                state,
+            };
+            self.alerts
+                .get_or_create(&labels)
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The rule is gone: so are its series.
+    pub fn remove_alerts(&self, namespace: &str, rule: &str) {
+        for state in ALERT_STATES {
+            self.alerts.remove(&AlertLabels {
+                namespace: namespace.to_owned(),
+                rule: rule.to_owned(),
+                state,
+            });
         }
     }
 
@@ -143,5 +189,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("infrapilot_leader 1"), "{text}");
+    }
+
+    #[test]
+    fn alerts_are_counted_by_rule_and_state_and_go_with_their_rule() {
+        let metrics = Metrics::new();
+        metrics.set_alerts("shop", "crashes", [1, 2]);
+        metrics.set_alerts("shop", "certificates", [0, 1]);
+        let text = metrics.encode();
+        for line in [
+            "infrapilot_alerts{namespace=\"shop\",rule=\"crashes\",state=\"pending\"} 1",
+            "infrapilot_alerts{namespace=\"shop\",rule=\"crashes\",state=\"firing\"} 2",
+            "infrapilot_alerts{namespace=\"shop\",rule=\"certificates\",state=\"pending\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        metrics.remove_alerts("shop", "crashes");
+        let text = metrics.encode();
+        assert!(!text.contains("rule=\"crashes\""), "{text}");
+        assert!(text.contains("rule=\"certificates\""), "{text}");
     }
 }

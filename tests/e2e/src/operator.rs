@@ -142,6 +142,12 @@ impl Operator {
     /// Reconciles this process finished for `controller` (`proxy`, `alertchannel`, ...), by
     /// its `/metrics` (start it with `--probe-address 127.0.0.1:0`).
     pub async fn reconciles(&self, controller: &str) -> Result<u64, String> {
+        let series = format!("infrapilot_reconciles_total{{controller=\"{controller}\"}}");
+        Ok(self.metric(&series).await?.unwrap_or(0))
+    }
+
+    /// The value of one series (name and labels, as `/metrics` writes them), if it is there.
+    pub async fn metric(&self, series: &str) -> Result<Option<u64>, String> {
         let url = format!("http://{}/metrics", self.probe_address().await);
         let text = reqwest::get(&url)
             .await
@@ -150,12 +156,11 @@ impl Operator {
             .text()
             .await
             .map_err(|e| format!("{url}: {e}"))?;
-        let prefix = format!("infrapilot_reconciles_total{{controller=\"{controller}\"}} ");
+        let prefix = format!("{series} ");
         Ok(text
             .lines()
             .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0))
+            .and_then(|n| n.trim().parse().ok()))
     }
 
     pub fn dir(&self) -> &Path {

@@ -223,6 +223,19 @@ async fn a_policy_failing_twice_fires_once_to_the_live_channel_and_resolves_on_s
         1,
         "nothing sent again after the restart"
     );
+    // /metrics counts the firing alerts by rule, the restarted operator too.
+    let alerts = |rule: &str, state: &str| {
+        format!("infrapilot_alerts{{namespace=\"default\",rule=\"{rule}\",state=\"{state}\"}}")
+    };
+    for rule in ["backups", "orphan"] {
+        eventually("the firing alert on /metrics", TIMEOUT, || async {
+            match operator.metric(&alerts(rule, "firing")).await? {
+                Some(1) => Ok(()),
+                other => Err(format!("{rule}: {other:?}")),
+            }
+        })
+        .await;
+    }
 
     // A good backup arrives: a run succeeds, the alert resolves and the channel is told.
     std::fs::copy(fixture.path(Kind::Custom), backups.join("2026-11-21.dump")).unwrap();
@@ -254,6 +267,29 @@ async fn a_policy_failing_twice_fires_once_to_the_live_channel_and_resolves_on_s
         .parse::<jiff::Timestamp>()
         .unwrap();
     assert_backed_off(&dir, "backups", "dead", fired_at, 5.0).await;
+
+    // Resolved, the gauge says so; a rule taken out of Git takes its series with it, and its
+    // neighbour's stay.
+    assert_eq!(
+        operator.metric(&alerts("backups", "firing")).await,
+        Ok(Some(0))
+    );
+    std::fs::write(
+        manifests.join("rules.yaml"),
+        rule("backups", &["hook", "dead"]),
+    )
+    .unwrap();
+    eventually("the deleted rule's series gone", TIMEOUT, || async {
+        match operator.metric(&alerts("orphan", "firing")).await? {
+            None => Ok(()),
+            other => Err(format!("orphan: {other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        operator.metric(&alerts("backups", "pending")).await,
+        Ok(Some(0))
+    );
     operator.stop().await.unwrap();
 }
 

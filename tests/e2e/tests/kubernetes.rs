@@ -639,6 +639,33 @@ async fn a_rule_on_a_failing_policy_gets_its_status_written_and_notifies_in_the_
     );
     assert_eq!(rule.data["status"]["observedGeneration"], 1);
     assert_eq!(hook.requests().len(), 1, "told once");
+
+    // The leader's /metrics counts the firing alert; a deleted rule's series leave it (the
+    // rule has no finalizer: the operator hears of it when it leaves the watch cache).
+    let series = "infrapilot_alerts{namespace=\"default\",rule=\"backups\",state=\"firing\"}";
+    eventually(
+        "the firing alert on /metrics",
+        Duration::from_secs(30),
+        || async {
+            match operator.metric(series).await? {
+                Some(1) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    rules.delete("backups", &Default::default()).await.unwrap();
+    eventually(
+        "the deleted rule's series gone",
+        Duration::from_secs(30),
+        || async {
+            match operator.metric(series).await? {
+                None => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     operator.stop().await.unwrap();
 }
 

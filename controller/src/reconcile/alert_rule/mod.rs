@@ -15,7 +15,7 @@ mod lists;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -26,12 +26,13 @@ pub use decide::validate;
 
 use crate::alert::crashes::{Crashes, Selection};
 use crate::api::Kind;
-use crate::api::alert::{AlertChannel, AlertRule, AlertRuleStatus};
+use crate::api::alert::{AlertChannel, AlertRule, AlertRuleStatus, AlertState};
 use crate::docker::Docker;
 use crate::reconcile::{Applied, Category, Context, Failure, Reconciler, Requeue};
 use crate::runtime::objects::{EVERY, Objects, Relation, Selector, Typed};
 use crate::runtime::rbac::Rule;
 use crate::status::{self, Observation};
+use crate::telemetry::Metrics;
 use decide::{ChannelProblem, Condition, Watched};
 
 pub const CONTROLLER: &str = "alertrule";
@@ -49,6 +50,10 @@ pub struct AlertRules {
     /// by the first containerCrash rule, which starts following Docker's events (an operator
     /// without such rules makes no Docker request for them).
     follow: Mutex<Option<UnboundedSender<(String, String)>>>,
+    /// The alerts gauge on /metrics, and the rule each uid has series for there, so that a
+    /// deleted rule's series go with it.
+    metrics: Arc<Metrics>,
+    shown: Mutex<HashMap<String, (String, String)>>,
 }
 
 impl std::fmt::Debug for AlertRules {
@@ -58,7 +63,7 @@ impl std::fmt::Debug for AlertRules {
 }
 
 impl AlertRules {
-    pub fn new(objects: Objects, docker: Arc<dyn Docker>) -> Self {
+    pub fn new(objects: Objects, docker: Arc<dyn Docker>, metrics: Arc<Metrics>) -> Self {
         Self {
             objects,
             lists: lists::Lists::default(),
@@ -66,6 +71,34 @@ impl AlertRules {
             crashes: Arc::default(),
             crash_rules: Arc::default(),
             follow: Mutex::default(),
+            metrics,
+            shown: Mutex::default(),
+        }
+    }
+
+    /// The rule's pending and firing alerts, on /metrics.
+    fn show(&self, rule: &AlertRule, status: &AlertRuleStatus) {
+        let (Some(namespace), Some(name)) = (
+            rule.metadata.namespace.as_ref(),
+            rule.metadata.name.as_ref(),
+        ) else {
+            return;
+        };
+        let uid = crate::runtime::driver::identity(&rule.metadata);
+        let count = |state: AlertState| {
+            status
+                .active_alerts
+                .iter()
+                .filter(|a| a.state == state)
+                .count()
+        };
+        self.metrics.set_alerts(
+            namespace,
+            name,
+            [count(AlertState::Pending), count(AlertState::Firing)],
+        );
+        if let Ok(mut shown) = self.shown.lock() {
+            shown.insert(uid, (namespace.clone(), name.clone()));
         }
     }
 
@@ -231,6 +264,64 @@ impl Reconciler for AlertRules {
     }
 
     async fn reconcile(&self, rule: &AlertRule, ctx: &Context) -> Applied<Self::Status> {
+        let applied = self.evaluate(rule, ctx).await;
+        self.show(rule, &applied.status);
+        applied
+    }
+
+    fn forget(&self, uid: &str) {
+        // A rule made again under the same name (a new uid) keeps what it shows.
+        let gone = self.shown.lock().ok().and_then(|mut shown| {
+            shown
+                .remove(uid)
+                .filter(|rule| !shown.values().any(|other| other == rule))
+        });
+        if let Some((namespace, name)) = gone {
+            self.metrics.remove_alerts(&namespace, &name);
+            // A containerCrash rule's selection goes too: its events would bring back nothing.
+            if let Ok(mut rules) = self.crash_rules.lock() {
+                rules.remove(&(namespace, name));
+            }
+        }
+    }
+
+    async fn cleanup(&self, _rule: &AlertRule, _ctx: &Context) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn triggers(&self) -> Option<UnboundedReceiver<(String, String)>> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        if let Ok(mut follow) = self.follow.lock() {
+            *follow = Some(sender);
+        }
+        Some(receiver)
+    }
+
+    const RBAC: &'static [Rule] = &[
+        // Notifications go to the rule's channels, with their Secrets.
+        Rule::infrapilot(&["alertchannels"], &["get"]),
+        Rule::secrets(),
+    ];
+
+    fn relations() -> Vec<Relation> {
+        vec![
+            Relation {
+                from: Kind::Proxy,
+                map: tls_proxy,
+                every: Some(watches_certificates),
+            },
+            Relation {
+                from: Kind::BackupValidationPolicy,
+                map: policy_with_runs,
+                every: Some(watches_backups),
+            },
+        ]
+    }
+}
+
+impl AlertRules {
+    /// The pipeline (see the module's comment); [`Reconciler::reconcile`] shows its outcome.
+    async fn evaluate(&self, rule: &AlertRule, ctx: &Context) -> Applied<AlertRuleStatus> {
         let now = (ctx.now)();
         let namespace = rule.metadata.namespace.clone().unwrap_or_default();
         let current = rule.status.clone().unwrap_or_default();
@@ -320,39 +411,6 @@ impl Reconciler for AlertRules {
             requeue,
             failure,
         }
-    }
-
-    async fn cleanup(&self, _rule: &AlertRule, _ctx: &Context) -> Result<(), Failure> {
-        Ok(())
-    }
-
-    fn triggers(&self) -> Option<UnboundedReceiver<(String, String)>> {
-        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        if let Ok(mut follow) = self.follow.lock() {
-            *follow = Some(sender);
-        }
-        Some(receiver)
-    }
-
-    const RBAC: &'static [Rule] = &[
-        // Notifications go to the rule's channels, with their Secrets.
-        Rule::infrapilot(&["alertchannels"], &["get"]),
-        Rule::secrets(),
-    ];
-
-    fn relations() -> Vec<Relation> {
-        vec![
-            Relation {
-                from: Kind::Proxy,
-                map: tls_proxy,
-                every: Some(watches_certificates),
-            },
-            Relation {
-                from: Kind::BackupValidationPolicy,
-                map: policy_with_runs,
-                every: Some(watches_backups),
-            },
-        ]
     }
 }
 

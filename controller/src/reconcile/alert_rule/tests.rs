@@ -13,6 +13,7 @@ use crate::api::backup::BackupValidationPolicy;
 use crate::delivery::{DeliveryError, MessageKind};
 use crate::reconcile::tests_support::{MemoryDocker, MemoryObjects, Recorder, context, fixed_now};
 use crate::secrets::SecretMap;
+use crate::telemetry::Metrics;
 
 fn docker() -> Arc<MemoryDocker> {
     Arc::new(MemoryDocker::with(Vec::new(), Vec::new()))
@@ -73,9 +74,19 @@ async fn a_failing_policy_fires_notifies_once_and_resolves_on_success() {
     objects.put(&hook());
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port(), docker());
+    let metrics = Arc::new(Metrics::new());
+    let rules = AlertRules::new(objects.port(), docker(), metrics.clone());
+    let gauge = |state: &str| {
+        let series =
+            format!("infrapilot_alerts{{namespace=\"shop\",rule=\"backups\",state=\"{state}\"}} ");
+        let text = metrics.encode();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str()).map(str::to_owned))
+    };
 
     let applied = rules.reconcile(&rule(backup_rule(), None), &ctx).await;
+    assert_eq!(gauge("firing").as_deref(), Some("1"));
+    assert_eq!(gauge("pending").as_deref(), Some("0"));
     // Told; the next look is the repeat.
     assert_eq!(
         applied.requeue,
@@ -129,10 +140,23 @@ async fn a_failing_policy_fires_notifies_once_and_resolves_on_success() {
         resolved.status.resolved_alerts.is_empty(),
         "told, so forgotten"
     );
-    let deliveries = recorder.deliveries.lock().unwrap();
-    assert_eq!(deliveries.len(), 2);
-    assert_eq!(deliveries[1].1.kind, MessageKind::Resolved);
-    assert_eq!(deliveries[1].1.alerts.as_ref().unwrap().status, "resolved");
+    {
+        let deliveries = recorder.deliveries.lock().unwrap();
+        assert_eq!(deliveries.len(), 2);
+        assert_eq!(deliveries[1].1.kind, MessageKind::Resolved);
+        assert_eq!(deliveries[1].1.alerts.as_ref().unwrap().status, "resolved");
+    }
+    assert_eq!(gauge("firing").as_deref(), Some("0"));
+    // The rule is deleted and made again under its name: the old uid's going leaves the new
+    // one's series; the new one's going takes them.
+    let mut again = rule(backup_rule(), Some(&resolved.status));
+    again.metadata.uid = Some("rule-uid-2".into());
+    rules.reconcile(&again, &ctx).await;
+    rules.forget("rule-uid");
+    assert_eq!(gauge("firing").as_deref(), Some("0"));
+    rules.forget("rule-uid-2");
+    assert_eq!(gauge("firing"), None);
+    assert_eq!(gauge("pending"), None);
 }
 
 #[tokio::test]
@@ -140,7 +164,7 @@ async fn a_missing_channel_is_shown_and_its_delivery_retried_on_the_backoff() {
     let objects = Arc::new(MemoryObjects::with([policy("nightly", 3)]));
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port(), docker());
+    let rules = AlertRules::new(objects.port(), docker(), Arc::default());
 
     let applied = rules.reconcile(&rule(backup_rule(), None), &ctx).await;
     assert_eq!(applied.status.state, Some(AlertState::Firing));
@@ -175,7 +199,7 @@ async fn a_refused_delivery_is_kept_owed_and_sent_when_the_retry_falls_due() {
             reason: "connection refused".into(),
         }));
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port(), docker());
+    let rules = AlertRules::new(objects.port(), docker(), Arc::default());
 
     let failed = rules.reconcile(&rule(backup_rule(), None), &ctx).await;
     let (_, reason, message) = ready(&failed.status);
@@ -195,7 +219,7 @@ async fn a_condition_read_from_outside_says_it_is_not_evaluated_yet() {
     let objects = Arc::new(MemoryObjects::default());
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port(), docker());
+    let rules = AlertRules::new(objects.port(), docker(), Arc::default());
     let spec = json!({"errorRate": {"proxy": "shop", "thresholdPercent": 5},
         "channels": [{"name": "hook"}]});
     let applied = rules.reconcile(&rule(spec, None), &ctx).await;
@@ -212,7 +236,7 @@ async fn a_bad_duration_is_refused_naming_the_field() {
     let objects = Arc::new(MemoryObjects::default());
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port(), docker());
+    let rules = AlertRules::new(objects.port(), docker(), Arc::default());
     let mut spec = backup_rule();
     spec["repeatInterval"] = json!("10s");
     let applied = rules.reconcile(&rule(spec, None), &ctx).await;
