@@ -8,6 +8,7 @@
 //! Everything a test creates is its own: uniquely named, labelled, and removed when the owning
 //! value is dropped, including when the test panics.
 
+pub mod alertmanager;
 pub mod docker;
 pub mod dumps;
 pub mod edge;

@@ -33,12 +33,20 @@ fn rule(name: &str, channels: &[&str]) -> String {
 
 /// The Alertmanager bodies the receiver got, in order.
 fn bodies(webhook: &WebhookServer) -> Vec<Value> {
-    webhook
+    let bodies: Vec<Value> = webhook
         .requests()
         .iter()
         .filter_map(|r| r.json().ok())
-        .filter(|b| b["version"] == "4")
-        .collect()
+        // The channels' own messages (a verification) are InfraPilot's `v1` body.
+        .filter(|b: &Value| b["version"] == "4" || b.get("alerts").is_some())
+        .collect();
+    // Every one of them is read as Alertmanager's receivers read it.
+    for body in &bodies {
+        if let Err(error) = infrapilot_e2e::alertmanager::payload(body) {
+            panic!("{error}");
+        }
+    }
+    bodies
 }
 
 /// A URL on a loopback port nothing listens on: a dead endpoint.
