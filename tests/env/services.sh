@@ -3,7 +3,8 @@
 #   - a throwaway PostgreSQL 15 cluster;
 #   - pebble (Let's Encrypt's test ACME server) and pebble-challtestsrv as its DNS, so that no
 #     lookup leaves the machine;
-#   - aiosmtpd as an SMTP sink writing a maildir.
+#   - aiosmtpd as an SMTP sink writing a maildir, and a TLS sink writing to the same maildir
+#     (STARTTLS and implicit TLS, both with AUTH, its certificate from a test CA).
 # `up VENV` writes $STATE/env.sh, the environment variables through which the tests find them.
 # `up` stops whatever an earlier `up` left running first, so it can be run any number of times.
 set -euo pipefail
@@ -50,8 +51,9 @@ postgres_down() {
   log "stopped PostgreSQL"
 }
 
-# A CA and a certificate for pebble's HTTPS listener (pebble ships none). Tests trust the CA.
-pebble_certificates() {
+# A CA of its own and a certificate for localhost and 127.0.0.1 that it signs, in DIR: for
+# pebble's HTTPS listener (pebble ships none) and the TLS SMTP sink. Tests trust the CA.
+test_certificates() {
   local dir=$1
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
     -subj '/CN=InfraPilot test CA' -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
@@ -65,7 +67,7 @@ pebble_certificates() {
 pebble_up() {
   local dir=$STATE/pebble
   rm -rf "$dir"; mkdir -p "$dir"
-  pebble_certificates "$dir"
+  test_certificates "$dir"
   local dns_port mgmt_port acme_port acme_mgmt_port http01_port tlsalpn_port
   dns_port=$(free_port); mgmt_port=$(free_port); acme_port=$(free_port); acme_mgmt_port=$(free_port)
   http01_port=$(free_port); tlsalpn_port=$(free_port)
@@ -120,7 +122,29 @@ ENV
   log "SMTP sink on 127.0.0.1:$port writing to $maildir"
 }
 
+smtp_tls_up() {
+  local venv=$1 dir=$STATE/smtp-tls starttls_port tls_port password
+  rm -rf "$dir"; mkdir -p "$dir"
+  test_certificates "$dir"
+  starttls_port=$(free_port); tls_port=$(free_port)
+  password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+  start_service smtp-tls env SINK_USER=alerts "SINK_PASSWORD=$password" \
+    "$venv/bin/python" -W ignore::DeprecationWarning "$ROOT/tests/env/smtp_tls_sink.py" \
+    "$STATE/maildir" "$dir/listener.pem" "$dir/listener.key" "$starttls_port" "$tls_port"
+  wait_port smtp-tls "$starttls_port"
+  wait_port smtp-tls "$tls_port"
+  cat >> "$ENV_FILE" <<ENV
+export INFRAPILOT_TEST_SMTP_STARTTLS='localhost:$starttls_port'
+export INFRAPILOT_TEST_SMTP_TLS='localhost:$tls_port'
+export INFRAPILOT_TEST_SMTP_CA='$dir/ca.pem'
+export INFRAPILOT_TEST_SMTP_USER='alerts'
+export INFRAPILOT_TEST_SMTP_PASSWORD='$password'
+ENV
+  log "TLS SMTP sink: STARTTLS on 127.0.0.1:$starttls_port, TLS on 127.0.0.1:$tls_port, with AUTH"
+}
+
 down() {
+  stop_service smtp-tls
   stop_service smtp
   stop_service pebble
   stop_service challtestsrv
@@ -141,6 +165,7 @@ up() {
   postgres_up
   pebble_up
   smtp_up "$venv"
+  smtp_tls_up "$venv"
   mv "$ENV_FILE" "${ENV_FILE%.tmp}"
 }
 

@@ -95,6 +95,11 @@ pub struct SmtpChannel {
     /// Transport security: `StartTLS` upgrades a plain connection, `TLS` starts encrypted.
     #[serde(default)]
     pub tls: SmtpTls,
+    /// PEM certificates of the CAs that sign the relay's certificate, trusted besides the
+    /// system's: for a relay with a private CA. Certificates are public; no Secret is needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65536))]
+    pub ca_bundle: Option<String>,
     /// The user name for SMTP authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_secret_ref: Option<SecretKeySelector>,

@@ -74,6 +74,8 @@ pub struct SmtpTarget {
     pub from: String,
     pub to: Vec<String>,
     pub credentials: Option<(String, String)>,
+    /// PEM CA certificates to trust besides the system's.
+    pub ca_bundle: Option<String>,
 }
 
 impl Target {
@@ -95,6 +97,7 @@ impl fmt::Debug for SmtpTarget {
             .field("tls", &self.tls)
             .field("from", &self.from)
             .field("to", &self.to)
+            .field("ca_bundle", &self.ca_bundle.as_ref().map(String::len))
             .field(
                 "credentials",
                 &self.credentials.as_ref().map(|_| "<redacted>"),

@@ -12,6 +12,8 @@ pub enum ResolveError {
     Secret { field: String, source: SecretError },
     #[error("the spec sets none of smtp, slack or webhook")]
     NoDestination,
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
 }
 
 impl ResolveError {
@@ -19,7 +21,7 @@ impl ResolveError {
         use crate::retry::Category;
         match self {
             ResolveError::Secret { source, .. } => source.category(),
-            ResolveError::NoDestination => Category::Invalid,
+            ResolveError::NoDestination | ResolveError::Invalid { .. } => Category::Invalid,
         }
     }
 }
@@ -43,6 +45,12 @@ pub async fn resolve(
         }
     };
     if let Some(smtp) = &spec.smtp {
+        if let Some(pem) = &smtp.ca_bundle {
+            super::smtp::check_ca_bundle(pem).map_err(|reason| ResolveError::Invalid {
+                field: "spec.smtp.caBundle".to_owned(),
+                reason,
+            })?;
+        }
         let credentials = match (&smtp.username_secret_ref, &smtp.password_secret_ref) {
             (Some(user), Some(password)) => Some((
                 secret("spec.smtp.usernameSecretRef", user).await?,
@@ -64,6 +72,7 @@ pub async fn resolve(
             from: smtp.from.clone(),
             to: smtp.to.clone(),
             credentials,
+            ca_bundle: smtp.ca_bundle.clone(),
         }));
     }
     if let Some(slack) = &spec.slack {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use lettre::message::MultiPart;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::http::error_chain;
@@ -18,12 +19,12 @@ pub(super) async fn send(
 ) -> Result<Receipt, DeliveryError> {
     let described = Target::Smtp(smtp.clone()).describe();
     let email = build(smtp, message)?;
+    // What `starttls_relay` and `relay` build, with the channel's CAs added to the system's.
+    let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host);
     let builder = match smtp.tls {
-        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
-        SmtpTls::StartTLS => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
-            .map_err(|e| DeliveryError::Config(error_chain(&e)))?,
-        SmtpTls::TLS => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
-            .map_err(|e| DeliveryError::Config(error_chain(&e)))?,
+        SmtpTls::None => builder,
+        SmtpTls::StartTLS => builder.tls(Tls::Required(tls_parameters(smtp)?)),
+        SmtpTls::TLS => builder.tls(Tls::Wrapper(tls_parameters(smtp)?)),
     };
     let mut builder = builder.port(smtp.port).timeout(Some(timeout));
     if let Some((user, password)) = &smtp.credentials {
@@ -55,11 +56,47 @@ pub(super) async fn send(
                 reason: error_chain(&error),
             })
         }
+        // A certificate that does not verify is not a network trouble, but it is retried like
+        // one: the relay's certificate may be renewed, or the CA bundle fixed meanwhile.
+        // lettre reports rustls' refusal of the certificate as a connection error.
+        Err(error) if error.is_tls() || error_chain(&error).contains("peer certificate") => {
+            Err(DeliveryError::Unreachable {
+                target: described,
+                reason: format!(
+                    "TLS failed: {} (a relay whose certificate a private CA signed needs \
+                 smtp.caBundle)",
+                    error_chain(&error)
+                ),
+            })
+        }
         Err(error) => Err(DeliveryError::Unreachable {
             target: described,
             reason: error_chain(&error),
         }),
     }
+}
+
+fn tls_parameters(smtp: &SmtpTarget) -> Result<TlsParameters, DeliveryError> {
+    let mut builder = TlsParameters::builder(smtp.host.clone());
+    if let Some(pem) = &smtp.ca_bundle {
+        let certificates = Certificate::from_pem(pem.as_bytes())
+            .map_err(|e| DeliveryError::Config(format!("smtp.caBundle: {}", error_chain(&e))))?;
+        builder = builder.add_root_certificate(certificates);
+    }
+    builder
+        .build_rustls()
+        .map_err(|e| DeliveryError::Config(format!("TLS settings: {}", error_chain(&e))))
+}
+
+/// Why `pem` cannot be a CA bundle, if it cannot: it must hold at least one PEM certificate
+/// and nothing that does not parse.
+pub(super) fn check_ca_bundle(pem: &str) -> Result<(), String> {
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned());
+    }
+    Certificate::from_pem(pem.as_bytes())
+        .map(|_| ())
+        .map_err(|e| format!("is not valid PEM: {}", error_chain(&e)))
 }
 
 fn build(smtp: &SmtpTarget, message: &Message) -> Result<lettre::Message, DeliveryError> {
@@ -158,6 +195,7 @@ mod tests {
             from: "InfraPilot <alerts@example.com>".to_owned(),
             to: vec!["ops@example.com".to_owned()],
             credentials: None,
+            ca_bundle: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::{Applied, Category, Context, Event, EventType, Failure, Requeue, object_ref};
 use crate::api::alert::{AlertChannel, AlertChannelSpec, AlertChannelStatus, Delivery, Severity};
 use crate::audit::{NewRecord, Outcome};
-use crate::delivery::{Message, MessageKind, Receipt, Target};
+use crate::delivery::{Message, MessageKind, Receipt, ResolveError, Target};
 use crate::status::{self, Observation};
 
 /// The controller name in audit records and field managers.
@@ -88,9 +88,13 @@ pub async fn reconcile(channel: &AlertChannel, ctx: &Context) -> Applied<AlertCh
             Ok(target) => target,
             Err(error) => {
                 let message = error.to_string();
+                let reason = match error {
+                    ResolveError::Secret { .. } => "SecretUnavailable",
+                    ResolveError::Invalid { .. } | ResolveError::NoDestination => "InvalidSpec",
+                };
                 status::set(
                     &mut status.conditions,
-                    Observation::ready(false, "SecretUnavailable", &message),
+                    Observation::ready(false, reason, &message),
                     generation,
                     now,
                 );

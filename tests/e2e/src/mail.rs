@@ -13,6 +13,39 @@ pub fn smtp_addr() -> SocketAddr {
         .expect("INFRAPILOT_TEST_SMTP is host:port")
 }
 
+/// The TLS SMTP sink (`tests/env/smtp_tls_sink.py`): STARTTLS on one port and implicit TLS on
+/// another, each demanding AUTH, its certificate signed by a test CA of its own. It writes to
+/// the plain sink's [`Maildir`].
+#[derive(Debug, Clone)]
+pub struct TlsSink {
+    /// `localhost:port` of the STARTTLS listener (a relay's 587).
+    pub starttls: (String, u16),
+    /// `localhost:port` of the implicit-TLS listener (a relay's 465).
+    pub tls: (String, u16),
+    /// The PEM of the CA that signed the sink's certificate.
+    pub ca_pem: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl TlsSink {
+    pub fn from_env() -> Self {
+        let address = |name: &str| {
+            let text = crate::env::required(name, "the TLS SMTP sink");
+            let (host, port) = text.rsplit_once(':').expect("host:port");
+            (host.to_owned(), port.parse().expect("a port"))
+        };
+        let ca = crate::env::required_path("INFRAPILOT_TEST_SMTP_CA", "the TLS SMTP sink's CA");
+        Self {
+            starttls: address("INFRAPILOT_TEST_SMTP_STARTTLS"),
+            tls: address("INFRAPILOT_TEST_SMTP_TLS"),
+            ca_pem: std::fs::read_to_string(&ca).expect("reading the TLS sink's CA"),
+            user: crate::env::required("INFRAPILOT_TEST_SMTP_USER", "the TLS SMTP sink"),
+            password: crate::env::required("INFRAPILOT_TEST_SMTP_PASSWORD", "the TLS SMTP sink"),
+        }
+    }
+}
+
 /// A message as delivered.
 #[derive(Debug, Clone)]
 pub struct Mail {

@@ -7,7 +7,7 @@ use infrapilot::api::alert::{Severity, SmtpTls, WebhookMethod};
 use infrapilot::delivery::{
     Deliverer, DeliveryError, Message, MessageKind, Notifier, SmtpTarget, Target,
 };
-use infrapilot_e2e::mail::{Maildir, smtp_addr};
+use infrapilot_e2e::mail::{Maildir, TlsSink, smtp_addr};
 use infrapilot_e2e::names;
 use infrapilot_e2e::webhook::WebhookServer;
 
@@ -38,6 +38,7 @@ async fn an_email_is_delivered_to_the_smtp_sink() {
         from: "InfraPilot <alerts@example.test>".to_owned(),
         to: vec![recipient.clone()],
         credentials: None,
+        ca_bundle: None,
     });
     let receipt = deliverer()
         .deliver(&target, &message("Channel verified"))
@@ -143,6 +144,7 @@ async fn a_closed_port_is_unreachable_for_webhooks_and_smtp() {
         from: "a@example.test".to_owned(),
         to: vec!["b@example.test".to_owned()],
         credentials: Some(("user".to_owned(), "hunter2".to_owned())),
+        ca_bundle: None,
     });
     let error = deliverer().deliver(&smtp, &message("x")).await.unwrap_err();
     assert_eq!(
@@ -151,4 +153,127 @@ async fn a_closed_port_is_unreachable_for_webhooks_and_smtp() {
         "{error}"
     );
     assert!(!error.to_string().contains("hunter2"), "{error}");
+}
+
+/// A target on the TLS sink: `tls` on the listener that speaks it, with AUTH and `ca`.
+fn tls_target(
+    sink: &TlsSink,
+    tls: SmtpTls,
+    recipient: &str,
+    password: &str,
+    ca: Option<&str>,
+) -> Target {
+    let (host, port) = match tls {
+        SmtpTls::TLS => sink.tls.clone(),
+        _ => sink.starttls.clone(),
+    };
+    Target::Smtp(SmtpTarget {
+        host,
+        port,
+        tls,
+        from: "InfraPilot <alerts@example.test>".to_owned(),
+        to: vec![recipient.to_owned()],
+        credentials: Some((sink.user.clone(), password.to_owned())),
+        ca_bundle: ca.map(str::to_owned),
+    })
+}
+
+/// The way real relays take mail: STARTTLS (587) and implicit TLS (465), each with SMTP AUTH,
+/// the relay's certificate signed by a private CA that `caBundle` brings.
+#[tokio::test]
+async fn mail_goes_through_starttls_and_implicit_tls_with_auth_to_a_relay_with_a_private_ca() {
+    let sink = TlsSink::from_env();
+    for tls in [SmtpTls::StartTLS, SmtpTls::TLS] {
+        let recipient = format!("{}@example.test", names::unique("tls"));
+        let target = tls_target(&sink, tls, &recipient, &sink.password, Some(&sink.ca_pem));
+        let receipt = deliverer()
+            .deliver(&target, &message(&format!("Over {tls:?}")))
+            .await
+            .unwrap_or_else(|e| panic!("{tls:?}: {e}"));
+        assert!(receipt.detail.starts_with("250"), "{tls:?}: {receipt:?}");
+        let mail = Maildir::from_env()
+            .wait_for("the e-mail over TLS", Duration::from_secs(10), |m| {
+                m.to.contains(&recipient)
+            })
+            .await;
+        assert_eq!(mail.subject, format!("Over {tls:?}"));
+    }
+}
+
+/// What goes wrong with a real relay fails with a reason that says what, and never the
+/// password: a wrong password, a certificate the system's roots (or another CA) do not
+/// verify, and plain SMTP where the relay requires STARTTLS.
+#[tokio::test]
+async fn a_wrong_password_an_unverifiable_certificate_and_no_starttls_each_fail_clearly() {
+    let sink = TlsSink::from_env();
+    let recipient = format!("{}@example.test", names::unique("tls-fail"));
+    let other_ca = std::fs::read_to_string(infrapilot_e2e::env::required_path(
+        "INFRAPILOT_TEST_ACME_CA",
+        "another test CA (pebble's listener)",
+    ))
+    .unwrap();
+    let wrong = "wrong-Passw0rd-1234";
+    let cases = [
+        (
+            tls_target(
+                &sink,
+                SmtpTls::StartTLS,
+                &recipient,
+                wrong,
+                Some(&sink.ca_pem),
+            ),
+            infrapilot::retry::Category::Rejected,
+            "535",
+        ),
+        (
+            tls_target(&sink, SmtpTls::TLS, &recipient, wrong, Some(&sink.ca_pem)),
+            infrapilot::retry::Category::Rejected,
+            "535",
+        ),
+        (
+            tls_target(&sink, SmtpTls::TLS, &recipient, &sink.password, None),
+            infrapilot::retry::Category::Unreachable,
+            "smtp.caBundle",
+        ),
+        (
+            tls_target(
+                &sink,
+                SmtpTls::StartTLS,
+                &recipient,
+                &sink.password,
+                Some(&other_ca),
+            ),
+            infrapilot::retry::Category::Unreachable,
+            "certificate",
+        ),
+        (
+            // Without a password to send: lettre would not send one over plain text at all.
+            match tls_target(&sink, SmtpTls::None, &recipient, &sink.password, None) {
+                Target::Smtp(smtp) => Target::Smtp(SmtpTarget {
+                    credentials: None,
+                    ..smtp
+                }),
+                other => other,
+            },
+            infrapilot::retry::Category::Rejected,
+            "STARTTLS",
+        ),
+    ];
+    for (target, category, says) in cases {
+        let error = deliverer()
+            .deliver(&target, &message("x"))
+            .await
+            .expect_err("the delivery fails");
+        let text = error.to_string();
+        assert_eq!(error.category(), category, "{target:?}: {text}");
+        assert!(text.contains(says), "{target:?}: {text}");
+        for secret in [wrong, sink.password.as_str()] {
+            assert!(!text.contains(secret), "{text}");
+        }
+    }
+    let none = Maildir::from_env().messages().unwrap();
+    assert!(
+        !none.iter().any(|m| m.to.contains(&recipient)),
+        "a failed delivery was delivered"
+    );
 }

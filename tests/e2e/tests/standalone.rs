@@ -82,8 +82,16 @@ async fn wait_for_gone(operator: &Operator, name: &str) {
 }
 
 fn ready_reason(object: &serde_json::Value) -> String {
+    ready_field(object, "reason")
+}
+
+fn ready_message(object: &serde_json::Value) -> String {
+    ready_field(object, "message")
+}
+
+fn ready_field(object: &serde_json::Value, field: &str) -> String {
     infrapilot_e2e::wait::condition(object, "Ready")
-        .map(|c| c["reason"].as_str().unwrap_or_default().to_owned())
+        .map(|c| c[field].as_str().unwrap_or_default().to_owned())
         .unwrap_or_default()
 }
 
@@ -218,10 +226,7 @@ async fn a_channel_pointing_at_a_closed_port_is_not_ready_with_the_reason() {
         .wait_for_condition("ach", "ops", "Ready", "False")
         .await;
     assert_eq!(ready_reason(&object), "Unreachable");
-    let message = infrapilot_e2e::wait::condition(&object, "Ready").unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let message = ready_message(&object);
     assert!(
         message.starts_with(&format!("could not reach webhook http://127.0.0.1:{port}")),
         "{message}"
@@ -631,5 +636,110 @@ async fn an_object_defined_in_two_files_is_a_conflict_and_keeps_its_version() {
     assert_eq!(moved["spec"]["webhook"]["url"], server.url("/b"));
     assert_eq!(uid(&moved), uid(&ready));
     wait_for_no_problem(&operator, "ach").await;
+    operator.stop().await.unwrap();
+}
+
+/// A channel to a relay that takes mail the real way (STARTTLS, AUTH, a private CA in
+/// `caBundle`, the password from a Secret) is verified; beside it, one with a wrong password
+/// and one whose `caBundle` is not PEM each say why, without the password, and the wrong
+/// password is not retried in a loop.
+#[tokio::test]
+async fn an_smtp_channel_over_starttls_with_auth_and_a_private_ca_is_verified_beside_broken_ones() {
+    use infrapilot_e2e::mail::TlsSink;
+    let sink = TlsSink::from_env();
+    let dir = env::test_dir("standalone-smtp-tls");
+    let operator = Operator::standalone(&dir).unwrap();
+    let recipient = format!("{}@example.test", names::unique("tls"));
+    let bundle: String = sink
+        .ca_pem
+        .lines()
+        .map(|line| format!("      {line}\n"))
+        .collect();
+    let wrong = "wrong-Passw0rd-5678";
+    let channel = |name: &str, secret: &str, bundle: &str| {
+        format!(
+            "apiVersion: infrapilot.io/v1alpha1\nkind: AlertChannel\nmetadata:\n  name: {name}\nspec:\n  smtp:\n    host: {}\n    port: {}\n    tls: StartTLS\n    from: InfraPilot <alerts@example.test>\n    to: [{recipient}]\n    usernameSecretRef: {{name: {secret}, key: user}}\n    passwordSecretRef: {{name: {secret}, key: password}}\n    caBundle: |\n{bundle}  verify: true\n",
+            sink.starttls.0, sink.starttls.1
+        )
+    };
+    let secret = |name: &str, password: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  user: {}\n  password: {password}\n",
+            sink.user
+        )
+    };
+    write(
+        &operator,
+        "secrets.yaml",
+        &format!(
+            "{}---\n{}",
+            secret("relay", &sink.password),
+            secret("stale", wrong)
+        ),
+    );
+    write(
+        &operator,
+        "channels.yaml",
+        &format!(
+            "{}---\n{}---\n{}",
+            channel("mail", "relay", &bundle),
+            channel("stale", "stale", &bundle),
+            channel("garbled", "relay", "      not a certificate\n"),
+        ),
+    );
+
+    let mail = operator
+        .wait_for_condition("ach", "mail", "Ready", "True")
+        .await;
+    assert_eq!(ready_reason(&mail), "Verified", "{mail:#}");
+    Maildir::from_env()
+        .wait_for(
+            "the verification over STARTTLS",
+            Duration::from_secs(10),
+            |m| m.to.contains(&recipient),
+        )
+        .await;
+
+    let stale = operator
+        .wait_for_condition("ach", "stale", "Ready", "False")
+        .await;
+    assert_eq!(ready_reason(&stale), "DeliveryRejected", "{stale:#}");
+    let message = ready_message(&stale);
+    assert!(message.contains("535"), "{message}");
+    let garbled = operator
+        .wait_for_condition("ach", "garbled", "Ready", "False")
+        .await;
+    assert_eq!(ready_reason(&garbled), "InvalidSpec", "{garbled:#}");
+    let garbled_message = ready_message(&garbled);
+    assert!(
+        garbled_message.contains("spec.smtp.caBundle"),
+        "{garbled_message}"
+    );
+
+    // The wrong password failed once (the count could see more); a rejection waits 15 s before
+    // its first retry, so a loop would show here.
+    assert_eq!(stale["status"]["deliveryFailures"], 1, "{stale:#}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = operator.get("ach", "stale").await.unwrap();
+    assert_eq!(later["status"]["deliveryFailures"], 1, "{later:#}");
+
+    // The passwords are in neither a status nor the audit log.
+    let export = cli(&dir, &["audit", "export", "--format", "json"])
+        .await
+        .unwrap();
+    let audit = String::from_utf8_lossy(&export.stdout).into_owned();
+    assert!(
+        audit.contains("stale"),
+        "the audit log has the attempts: {audit}"
+    );
+    for name in ["mail", "stale", "garbled"] {
+        let object = operator.get("ach", name).await.unwrap();
+        for text in [object["status"].to_string(), audit.clone()] {
+            assert!(
+                !text.contains(wrong) && !text.contains(&sink.password),
+                "{text}"
+            );
+        }
+    }
     operator.stop().await.unwrap();
 }
