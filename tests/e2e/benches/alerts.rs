@@ -18,7 +18,6 @@
 // A benchmark reports on stdout, and a failed step should stop it with its message.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use infrapilot_e2e::docker::{SCOPE_LABEL, TestDocker, images};
@@ -138,7 +137,7 @@ async fn main() {
     )
     .unwrap();
     let socket = root.join("docker.sock");
-    let calls = infrapilot_e2e::docker::counting_socket(&socket).await;
+    let calls = infrapilot_e2e::docker::DockerLink::start(&socket).await;
     let docker_host = format!("unix://{}", socket.display());
     let operator = Operator::start_with_env(
         &dir,
@@ -159,10 +158,10 @@ async fn main() {
     // (d) idle: the start's requests (the event stream, the container list) were counted;
     // then nothing is asked while nothing happens.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let at_start = calls.load(Ordering::SeqCst);
+    let at_start = calls.count();
     assert!(at_start > 0, "the counting socket saw the start's requests");
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let idle = calls.load(Ordering::SeqCst) - at_start;
+    let idle = calls.count() - at_start;
     println!(
         "(d) idle for 10 s with a containerCrash rule: {idle} Docker API requests beyond the event stream (target: 0; {at_start} at the start, counted)"
     );

@@ -22,7 +22,6 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use infrapilot_e2e::docker::{ContainerSpec, TestDocker, images};
@@ -275,7 +274,7 @@ async fn main() {
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     let socket = root.join("docker.sock");
-    let calls = infrapilot_e2e::docker::counting_socket(&socket).await;
+    let calls = infrapilot_e2e::docker::DockerLink::start(&socket).await;
     let docker_host = format!("unix://{}", socket.display());
 
     // (c) 1,000 Proxies from a cold start.
@@ -305,11 +304,11 @@ async fn main() {
     // the operator logged in the window (about three at a 3 s resync).
     const RESYNC: &str = "resync: every object queued again";
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let before = calls.load(Ordering::SeqCst);
+    let before = calls.count();
     let reloads_before = operator.log().matches("reloaded nginx").count();
     let resyncs_before = operator.log().matches(RESYNC).count();
     tokio::time::sleep(Duration::from_secs(9)).await;
-    let during = calls.load(Ordering::SeqCst) - before;
+    let during = calls.count() - before;
     let resyncs = operator.log().matches(RESYNC).count() - resyncs_before;
     assert!(resyncs > 0, "no resync in 9 s:\n{}", operator.log());
     let per_proxy = during as f64 / (1000.0 * resyncs as f64);

@@ -393,56 +393,114 @@ async fn remove_scope(docker: &Docker, scope: &str) -> Result<()> {
     Ok(())
 }
 
-/// A Unix socket in front of Docker's that counts the HTTP requests going through it.
-pub async fn counting_socket(
-    path: &std::path::Path,
-) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let count = Arc::new(AtomicUsize::new(0));
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path).expect("the counting socket");
-    let counter = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let Ok(mut docker) = tokio::net::UnixStream::connect("/var/run/docker.sock").await
-                else {
-                    return;
-                };
-                let (mut client_read, mut client_write) = client.split();
-                let (mut docker_read, mut docker_write) = docker.split();
-                let upstream = async {
-                    let mut buffer = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match client_read.read(&mut buffer).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        // A request starts with its method; bodies (tar uploads) are binary and
-                        // do not hold these at the start of a read in practice.
-                        let chunk = &buffer[..n];
-                        for method in [&b"GET /"[..], b"POST /", b"PUT /", b"DELETE /", b"HEAD /"] {
-                            if chunk.starts_with(method) {
-                                counter.fetch_add(1, Ordering::SeqCst);
+/// A Unix socket in front of Docker's that records the first line of every request and whose
+/// connections can be cut: [`DockerLink::cut`] closes every open connection (an event stream
+/// among them) and refuses new ones until [`DockerLink::restore`]. Give it to the operator as
+/// `DOCKER_HOST=unix://PATH`.
+#[derive(Debug)]
+pub struct DockerLink {
+    /// (cuts so far, open): a connection ends at the next cut, however short.
+    state: std::sync::Arc<tokio::sync::watch::Sender<(u64, bool)>>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+}
+
+impl DockerLink {
+    pub async fn start(path: &std::path::Path) -> Self {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (state, _) = tokio::sync::watch::channel((0u64, true));
+        let state = Arc::new(state);
+        let requests: Arc<Mutex<Vec<(std::time::Instant, String)>>> = Arc::default();
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).expect("the Docker link's socket");
+        let (link_state, link_requests) = (state.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut state = link_state.subscribe();
+                let (cuts, open) = *state.borrow_and_update();
+                if !open {
+                    // Cut: the connection is refused as a dead engine would.
+                    continue;
+                }
+                let requests = link_requests.clone();
+                tokio::spawn(async move {
+                    let Ok(mut docker) =
+                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = client.split();
+                    let (mut docker_read, mut docker_write) = docker.split();
+                    let upstream = async {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match client_read.read(&mut buffer).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            // A request starts with its method; bodies (tar uploads) are
+                            // binary and do not hold these at the start of a read in practice.
+                            let chunk = &buffer[..n];
+                            let methods =
+                                [&b"GET /"[..], b"POST /", b"PUT /", b"DELETE /", b"HEAD /"];
+                            if methods.iter().any(|m| chunk.starts_with(m)) {
+                                let line = chunk.split(|b| *b == b'\r').next().unwrap_or_default();
+                                if let Ok(mut requests) = requests.lock() {
+                                    requests.push((
+                                        std::time::Instant::now(),
+                                        String::from_utf8_lossy(line).into_owned(),
+                                    ));
+                                }
+                            }
+                            if docker_write.write_all(chunk).await.is_err() {
+                                break;
                             }
                         }
-                        if docker_write.write_all(chunk).await.is_err() {
-                            break;
-                        }
+                        let _ = docker_write.shutdown().await;
+                    };
+                    // Each side's end is passed on: an exec's output ends when Docker closes.
+                    let downstream = async {
+                        let _ = tokio::io::copy(&mut docker_read, &mut client_write).await;
+                        let _ = client_write.shutdown().await;
+                    };
+                    tokio::select! {
+                        _ = async { tokio::join!(upstream, downstream) } => {}
+                        // Cut: both ends are dropped, so the client sees its connection close.
+                        _ = state.wait_for(|(now, _)| *now != cuts) => {}
                     }
-                    let _ = docker_write.shutdown().await;
-                };
-                // Each side's end is passed on: an exec's output ends when Docker closes.
-                let downstream = async {
-                    let _ = tokio::io::copy(&mut docker_read, &mut client_write).await;
-                    let _ = client_write.shutdown().await;
-                };
-                let _ = tokio::join!(upstream, downstream);
-            });
-        }
-    });
-    count
+                });
+            }
+        });
+        Self { state, requests }
+    }
+
+    /// Closes every connection, and refuses new ones until [`Self::restore`].
+    pub fn cut(&self) {
+        self.state.send_modify(|(cuts, open)| {
+            *cuts += 1;
+            *open = false;
+        });
+    }
+
+    pub fn restore(&self) {
+        self.state.send_modify(|(_, open)| *open = true);
+    }
+
+    /// The first line (`GET /v1.47/events HTTP/1.1`) of every request since `since`.
+    pub fn requests_since(&self, since: std::time::Instant) -> Vec<String> {
+        self.requests
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .filter(|(at, _)| *at >= since)
+                    .map(|(_, line)| line.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How many requests went through so far.
+    pub fn count(&self) -> usize {
+        self.requests.lock().map(|r| r.len()).unwrap_or_default()
+    }
 }

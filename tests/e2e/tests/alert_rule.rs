@@ -591,6 +591,22 @@ async fn shell_container(
     name
 }
 
+/// Returns once `container` has exited.
+async fn exited(container: &str) {
+    eventually("the container to exit", TIMEOUT, || async {
+        let output = tokio::process::Command::new("docker")
+            .args(["inspect", "--format", "{{.State.Status}}", container])
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        match String::from_utf8_lossy(&output.stdout).trim() {
+            "exited" => Ok(()),
+            other => Err(other.to_owned()),
+        }
+    })
+    .await;
+}
+
 async fn restart_count(container: &str) -> u64 {
     let output = tokio::process::Command::new("docker")
         .args(["inspect", "--format", "{{.RestartCount}}", container])
@@ -765,18 +781,7 @@ async fn a_crash_while_the_operator_was_away_fires_once_from_the_relist() {
         .await
         .unwrap();
     assert!(stop.status.success());
-    eventually("the early container to exit", TIMEOUT, || async {
-        let output = tokio::process::Command::new("docker")
-            .args(["inspect", "--format", "{{.State.Status}}", &crashed])
-            .output()
-            .await
-            .map_err(|e| e.to_string())?;
-        match String::from_utf8_lossy(&output.stdout).trim() {
-            "exited" => Ok(()),
-            other => Err(other.to_owned()),
-        }
-    })
-    .await;
+    exited(&crashed).await;
 
     // The operator starts after both ended: the exit nobody asked for fires, the stop not.
     let dir = infrapilot_e2e::env::test_dir("alert-relist-operator");
@@ -811,6 +816,119 @@ async fn a_crash_while_the_operator_was_away_fires_once_from_the_relist() {
         .filter_map(|r| r.json().ok())
         .collect();
     assert_eq!(told.len(), 1, "told once: {told:#?}\n{}", operator.log());
+    operator.stop().await.unwrap();
+    docker.cleanup().await.unwrap();
+}
+
+/// The operator's Docker event stream is cut (its connection closed, new ones refused), a
+/// container crashes meanwhile, and the stream comes back: the re-list at the reconnect fires
+/// the crash once, to the live channel, while the dead one beside it backs off. Cut and
+/// restored again, the operator lists the same exit again and tells nobody twice.
+#[tokio::test]
+async fn a_crash_while_the_event_stream_was_cut_fires_once_when_it_comes_back() {
+    use infrapilot_e2e::docker::DockerLink;
+    let docker = infrapilot_e2e::docker::TestDocker::new("alert-cut").await;
+    let scope = docker.labels()[infrapilot_e2e::docker::SCOPE_LABEL].clone();
+    let webhook = WebhookServer::start().await.unwrap();
+    let dir = infrapilot_e2e::env::test_dir("alert-cut-operator");
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    let link = DockerLink::start(&dir.join("docker.sock")).await;
+    let host = format!("unix://{}", dir.join("docker.sock").display());
+    std::fs::write(
+        dir.join("manifests/rule.yaml"),
+        crash_rule(&scope, &webhook.url("/crashes")),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let operator = Operator::start_with_env(
+        &dir,
+        &[
+            "run",
+            "--manifests",
+            "manifests",
+            "--probe-address",
+            "127.0.0.1:0",
+        ],
+        &[("DOCKER_HOST", &host)],
+    )
+    .unwrap();
+    // The rule is evaluated, so the operator listed the containers and follows the events
+    // through the link.
+    operator
+        .wait_for_condition("alertrule", "crashes", "Ready", "True")
+        .await;
+    let through = link.requests_since(started);
+    assert!(
+        through.iter().any(|r| r.contains("/events")),
+        "the event stream goes through the link: {through:?}"
+    );
+
+    // Cut; a container exits 3 while the operator cannot hear of it.
+    let cut = std::time::Instant::now();
+    link.cut();
+    let crashed = shell_container(&docker, "cut", &[], "exit 3").await;
+    exited(&crashed).await;
+    assert!(bodies(&webhook).is_empty(), "nothing could be known yet");
+    link.restore();
+
+    // Back: the re-list finds the exit, and the live channel is told once.
+    let fired = eventually(
+        "the crash told after the stream came back",
+        TIMEOUT,
+        || async {
+            bodies(&webhook)
+                .into_iter()
+                .next()
+                .ok_or_else(|| format!("{:?}", link.requests_since(cut)))
+        },
+    )
+    .await;
+    let alerts = fired["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{fired:#}");
+    assert_eq!(alerts[0]["labels"]["container"], crashed.as_str());
+    assert_eq!(alerts[0]["annotations"]["summary"], "exited with code 3");
+    let relisted = link.requests_since(cut);
+    assert!(
+        relisted.iter().any(|r| r.contains("/containers/json")),
+        "found by a list after the reconnect: {relisted:?}"
+    );
+
+    // Cut and restored again: the same exit is listed again, the rule evaluated on it, and
+    // nothing is sent twice.
+    let again = std::time::Instant::now();
+    link.cut();
+    link.restore();
+    eventually("the re-list after the second cut", TIMEOUT, || async {
+        let requests = link.requests_since(again);
+        if requests.iter().any(|r| r.contains("/containers/json")) {
+            Ok(())
+        } else {
+            Err(format!("{requests:?}"))
+        }
+    })
+    .await;
+    let reconciles = operator.reconciles("alertrule").await.unwrap();
+    eventually("the rule evaluated on the new list", TIMEOUT, || async {
+        match operator.reconciles("alertrule").await? {
+            n if n > reconciles => Ok(()),
+            n => Err(format!("{n} reconciles")),
+        }
+    })
+    .await;
+    let firing = bodies(&webhook)
+        .into_iter()
+        .filter(|b| b["status"] == "firing")
+        .count();
+    assert_eq!(firing, 1, "told once: {:#?}", bodies(&webhook));
+
+    // The dead channel beside it was retried on the backoff, not in a loop.
+    let rule = operator.get("alertrule", "crashes").await.unwrap();
+    let fired_at = rule["status"]["activeAlerts"][0]["firedAt"]
+        .as_str()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+    assert_backed_off(&dir, "crashes", "dead", fired_at, 5.0).await;
     operator.stop().await.unwrap();
     docker.cleanup().await.unwrap();
 }
