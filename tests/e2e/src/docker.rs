@@ -171,6 +171,25 @@ impl TestDocker {
         crate::names::unique(prefix).replace('_', "-")
     }
 
+    /// `docker run -d` of the PostgreSQL test image's shell, with `args` before the image and
+    /// `script` after it, labelled with this scope (cleaned up with it); returns the name.
+    pub async fn run_shell(&self, prefix: &str, args: &[&str], script: &str) -> String {
+        let name = self.unique_name(prefix);
+        let mut command = tokio::process::Command::new("docker");
+        command.args(["run", "-d", "--name", &name, "--entrypoint", "sh"]);
+        for (key, value) in self.labels() {
+            command.args(["--label", &format!("{key}={value}")]);
+        }
+        command.args(args).args([images::POSTGRES, "-c", script]);
+        let output = command.output().await.expect("docker runs");
+        assert!(
+            output.status.success(),
+            "docker run {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        name
+    }
+
     /// Creates a bridge network and returns its name.
     pub async fn network(&self, prefix: &str) -> Result<String> {
         let name = self.unique_name(prefix);
@@ -391,6 +410,35 @@ async fn remove_scope(docker: &Docker, scope: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// When `container` exited, once it has; fails after `timeout`.
+pub async fn finished_at(container: &str, timeout: Duration) -> jiff::Timestamp {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let output = tokio::process::Command::new("docker")
+            .args([
+                "inspect",
+                "--format",
+                "{{.State.Running}} {{.State.FinishedAt}}",
+                container,
+            ])
+            .output()
+            .await
+            .expect("docker inspect runs");
+        let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        if let Some(at) = text.strip_prefix("false ")
+            && let Ok(at) = at.parse::<jiff::Timestamp>()
+            && at.as_second() > 0
+        {
+            return at;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{container} did not exit: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A Unix socket in front of Docker's that records the first line of every request and whose

@@ -565,48 +565,6 @@ fn crash_rule(scope: &str, url: &str) -> String {
     )
 }
 
-/// `docker run -d` of the PostgreSQL test image's shell with `args` before the image and
-/// `script` after it, labelled with the test's scope (cleaned up with it); returns the name.
-async fn shell_container(
-    docker: &infrapilot_e2e::docker::TestDocker,
-    prefix: &str,
-    args: &[&str],
-    script: &str,
-) -> String {
-    let name = docker.unique_name(prefix);
-    let mut command = tokio::process::Command::new("docker");
-    command.args(["run", "-d", "--name", &name, "--entrypoint", "sh"]);
-    for (key, value) in docker.labels() {
-        command.args(["--label", &format!("{key}={value}")]);
-    }
-    command
-        .args(args)
-        .args([infrapilot_e2e::docker::images::POSTGRES, "-c", script]);
-    let output = command.output().await.expect("docker runs");
-    assert!(
-        output.status.success(),
-        "docker run {name}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    name
-}
-
-/// Returns once `container` has exited.
-async fn exited(container: &str) {
-    eventually("the container to exit", TIMEOUT, || async {
-        let output = tokio::process::Command::new("docker")
-            .args(["inspect", "--format", "{{.State.Status}}", container])
-            .output()
-            .await
-            .map_err(|e| e.to_string())?;
-        match String::from_utf8_lossy(&output.stdout).trim() {
-            "exited" => Ok(()),
-            other => Err(other.to_owned()),
-        }
-    })
-    .await;
-}
-
 async fn restart_count(container: &str) -> u64 {
     let output = tokio::process::Command::new("docker")
         .args(["inspect", "--format", "{{.RestartCount}}", container])
@@ -637,36 +595,32 @@ async fn crashes_an_oom_and_a_failing_health_check_fire_a_stop_does_not_and_a_lo
         .wait_for_condition("alertrule", "crashes", "Ready", "True")
         .await;
 
-    let stopped = shell_container(&docker, "stopped", &[], "sleep 300").await;
-    let crasher = shell_container(&docker, "crasher", &[], "sleep 1; exit 1").await;
-    let looper = shell_container(
-        &docker,
-        "looper",
-        &["--restart", "always"],
-        "sleep 0.5; exit 3",
-    )
-    .await;
-    let oom = shell_container(
-        &docker,
-        "oom",
-        &["--memory", "32m", "--memory-swap", "32m"],
-        "tail /dev/zero",
-    )
-    .await;
-    let sick = shell_container(
-        &docker,
-        "sick",
-        &[
-            "--health-cmd",
-            "false",
-            "--health-interval",
-            "1s",
-            "--health-retries",
-            "1",
-        ],
-        "sleep 300",
-    )
-    .await;
+    let stopped = docker.run_shell("stopped", &[], "sleep 300").await;
+    let crasher = docker.run_shell("crasher", &[], "sleep 1; exit 1").await;
+    let looper = docker
+        .run_shell("looper", &["--restart", "always"], "sleep 0.5; exit 3")
+        .await;
+    let oom = docker
+        .run_shell(
+            "oom",
+            &["--memory", "32m", "--memory-swap", "32m"],
+            "tail /dev/zero",
+        )
+        .await;
+    let sick = docker
+        .run_shell(
+            "sick",
+            &[
+                "--health-cmd",
+                "false",
+                "--health-interval",
+                "1s",
+                "--health-retries",
+                "1",
+            ],
+            "sleep 300",
+        )
+        .await;
     let stop = tokio::process::Command::new("docker")
         .args(["stop", "-t", "1", &stopped])
         .output()
@@ -773,15 +727,15 @@ async fn a_crash_while_the_operator_was_away_fires_once_from_the_relist() {
     let docker = infrapilot_e2e::docker::TestDocker::new("alert-relist").await;
     let scope = docker.labels()[infrapilot_e2e::docker::SCOPE_LABEL].clone();
     let webhook = WebhookServer::start().await.unwrap();
-    let crashed = shell_container(&docker, "early", &[], "exit 5").await;
-    let stopped = shell_container(&docker, "stopped-early", &[], "sleep 300").await;
+    let crashed = docker.run_shell("early", &[], "exit 5").await;
+    let stopped = docker.run_shell("stopped-early", &[], "sleep 300").await;
     let stop = tokio::process::Command::new("docker")
         .args(["stop", "-t", "0", &stopped])
         .output()
         .await
         .unwrap();
     assert!(stop.status.success());
-    exited(&crashed).await;
+    infrapilot_e2e::docker::finished_at(&crashed, TIMEOUT).await;
 
     // The operator starts after both ended: the exit nobody asked for fires, the stop not.
     let dir = infrapilot_e2e::env::test_dir("alert-relist-operator");
@@ -866,8 +820,8 @@ async fn a_crash_while_the_event_stream_was_cut_fires_once_when_it_comes_back() 
     // Cut; a container exits 3 while the operator cannot hear of it.
     let cut = std::time::Instant::now();
     link.cut();
-    let crashed = shell_container(&docker, "cut", &[], "exit 3").await;
-    exited(&crashed).await;
+    let crashed = docker.run_shell("cut", &[], "exit 3").await;
+    infrapilot_e2e::docker::finished_at(&crashed, TIMEOUT).await;
     assert!(bodies(&webhook).is_empty(), "nothing could be known yet");
     link.restore();
 
