@@ -68,7 +68,7 @@ fn main() {
     let started = Instant::now();
     let mut counted = 0usize;
     for line in &lines {
-        counted += usize::from(traffic.record(line));
+        counted += usize::from(traffic.record(line).counted());
     }
     let took = started.elapsed();
     assert_eq!(counted, LINES, "every line is a watched Proxy's");

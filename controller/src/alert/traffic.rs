@@ -25,6 +25,23 @@ pub struct Counts {
     pub errors: u64,
 }
 
+/// What became of a line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Not an access-log line, or one of a Proxy no rule watches.
+    Dropped,
+    Counted,
+    /// Counted, and the first line of a newer bucket of this Proxy: the bucket before is
+    /// complete, and the rules on the Proxy have something new to evaluate.
+    Opened(String),
+}
+
+impl Recorded {
+    pub fn counted(&self) -> bool {
+        !matches!(self, Recorded::Dropped)
+    }
+}
+
 /// The fields of an access-log line ([`crate::proxy::site::ACCESS_LOG_FORMAT`]) that count.
 #[derive(Deserialize)]
 struct Line<'a> {
@@ -59,7 +76,10 @@ impl Ring {
         usize::try_from(number.rem_euclid(self.len())).unwrap_or_default()
     }
 
-    fn add(&mut self, number: i64, error: bool) {
+    /// Counts a request in bucket `number`; returns whether it opened a newer bucket than any
+    /// counted before (the one before it is then complete).
+    fn add(&mut self, number: i64, error: bool) -> bool {
+        let opened = number > self.newest;
         if self.newest == i64::MIN || number - self.newest >= self.len() {
             self.buckets.fill((0, 0));
             self.newest = number;
@@ -72,12 +92,13 @@ impl Ring {
             self.newest = number;
         } else if self.newest - number >= self.len() {
             // Older than anything kept: no rule can ask for it.
-            return;
+            return false;
         }
         let slot = self.slot(number);
         let bucket = &mut self.buckets[slot];
         bucket.0 = bucket.0.saturating_add(1);
         bucket.1 = bucket.1.saturating_add(u32::from(error));
+        opened
     }
 
     /// The buckets numbered `from..=to` that are kept.
@@ -115,8 +136,12 @@ impl Traffic {
     /// Keeps counts for exactly the Proxies in `spans`, each long enough for its span (the
     /// longest window plus baseline of the rules on it). Counts already kept stay when the
     /// span stays the same; a Proxy no longer watched has its ring dropped.
-    pub fn watch(&mut self, spans: &HashMap<String, Duration>) {
+    ///
+    /// Returns whether a ring started empty (a Proxy newly watched, or a span that changed):
+    /// its history is then to be read again.
+    pub fn watch(&mut self, spans: &HashMap<String, Duration>) -> bool {
         self.rings.retain(|proxy, _| spans.contains_key(proxy));
+        let mut started = false;
         for (proxy, span) in spans {
             let len = buckets_for(*span);
             let kept = self
@@ -126,24 +151,41 @@ impl Traffic {
             if !kept {
                 // A new length would put the kept buckets in the wrong slots: start over.
                 self.rings.insert(proxy.clone(), Ring::new(len));
+                started = true;
             }
+        }
+        started
+    }
+
+    /// Forgets every count, keeping what is watched (before the history is read again).
+    pub fn clear(&mut self) {
+        for ring in self.rings.values_mut() {
+            *ring = Ring::new(ring.buckets.len());
         }
     }
 
-    /// Counts one access-log line; returns whether it was a watched Proxy's.
-    pub fn record(&mut self, line: &[u8]) -> bool {
+    /// Counts one access-log line.
+    pub fn record(&mut self, line: &[u8]) -> Recorded {
         let Ok(line) = serde_json::from_slice::<Line<'_>>(line) else {
-            return false;
+            return Recorded::Dropped;
         };
         let Some(ring) = self.rings.get_mut(line.proxy.as_ref()) else {
-            return false;
+            return Recorded::Dropped;
         };
         // nginx's $time_iso8601 carries the edge's offset (`+00:00`).
         let Ok(time) = line.time.parse::<Timestamp>() else {
-            return false;
+            return Recorded::Dropped;
         };
-        ring.add(number(time), line.status >= 500);
-        true
+        if ring.add(number(time), line.status >= 500) {
+            Recorded::Opened(line.proxy.into_owned())
+        } else {
+            Recorded::Counted
+        }
+    }
+
+    /// Whether `proxy` is watched.
+    pub fn watches(&self, proxy: &str) -> bool {
+        self.rings.contains_key(proxy)
     }
 
     /// The counts of `proxy` over the `window` that ends at `end`, in whole buckets: the
@@ -244,17 +286,31 @@ mod tests {
     #[test]
     fn lines_are_counted_per_watched_proxy_in_their_buckets() {
         let mut traffic = watching(&[("shop/api", 300)]);
-        for (status, time) in [
-            (200, "2026-12-04T10:00:01+00:00"),
-            (502, "2026-12-04T10:00:09+00:00"),
-            (200, "2026-12-04T10:00:11+00:00"),
+        let opened = Recorded::Opened("shop/api".to_owned());
+        for (status, time, recorded) in [
+            (200, "2026-12-04T10:00:01+00:00", opened.clone()),
+            (502, "2026-12-04T10:00:09+00:00", Recorded::Counted),
+            // A newer bucket: the one before is complete.
+            (200, "2026-12-04T10:00:11+00:00", opened),
         ] {
-            assert!(traffic.record(&line("shop/api", status, time)));
+            assert_eq!(traffic.record(&line("shop/api", status, time)), recorded);
         }
         // Another Proxy's line, and lines that are not access-log lines, count nothing.
-        assert!(!traffic.record(&line("shop/web", 500, "2026-12-04T10:00:05+00:00")));
-        assert!(!traffic.record(b"2026/12/04 10:00:00 [notice] 1#1: reconfiguring"));
-        assert!(!traffic.record(&line("shop/api", 500, "yesterday")));
+        assert!(
+            !traffic
+                .record(&line("shop/web", 500, "2026-12-04T10:00:05+00:00"))
+                .counted()
+        );
+        assert!(
+            !traffic
+                .record(b"2026/12/04 10:00:00 [notice] 1#1: reconfiguring")
+                .counted()
+        );
+        assert!(
+            !traffic
+                .record(&line("shop/api", 500, "yesterday"))
+                .counted()
+        );
         let end = at("2026-12-04T10:00:15Z");
         assert_eq!(
             traffic.counts("shop/api", Duration::from_secs(60), end),
@@ -329,7 +385,11 @@ mod tests {
                 .errors,
             1
         );
-        assert!(!traffic.record(&line("shop/web", 500, "2026-12-04T10:00:02+00:00")));
+        assert!(
+            !traffic
+                .record(&line("shop/web", 500, "2026-12-04T10:00:02+00:00"))
+                .counted()
+        );
         assert_eq!(traffic.bucket_bytes(), 8 * 7);
     }
 

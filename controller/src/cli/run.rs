@@ -85,6 +85,14 @@ pub struct EdgeArgs {
     /// How often the edge is checked and, when it is gone, recreated with every Proxy.
     #[arg(long, env = "INFRAPILOT_EDGE_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub edge_check_interval: Duration,
+    /// The most the edge's output (every Proxy's access log) takes in one file before Docker
+    /// rotates it: a number with k, m or g.
+    #[arg(long, env = "INFRAPILOT_EDGE_LOG_MAX_SIZE", default_value = "10m", value_parser = parse_log_size)]
+    pub edge_log_max_size: String,
+    /// How many rotated files of the edge's output Docker keeps.
+    #[arg(long, env = "INFRAPILOT_EDGE_LOG_MAX_FILES", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub edge_log_max_files: u32,
 }
 
 impl EdgeArgs {
@@ -97,7 +105,26 @@ impl EdgeArgs {
             https_port: self.edge_https_port,
             labels: self.edge_labels.iter().cloned().collect(),
             check_interval: self.edge_check_interval,
+            log: crate::edge::LogRotation {
+                max_size: self.edge_log_max_size.clone(),
+                max_files: self.edge_log_max_files,
+            },
         }
+    }
+}
+
+/// A size as Docker's `json-file` driver takes it (`max-size`): digits, then k, m or g.
+fn parse_log_size(text: &str) -> Result<String, String> {
+    let digits = text.trim_end_matches(['k', 'm', 'g']);
+    let unit_len = text.len() - digits.len();
+    let valid = unit_len <= 1
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not a size such as 512k, 10m or 1g"))
     }
 }
 

@@ -9,8 +9,8 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerConfig, ContainerCreateBody, EndpointSettings, HostConfig, NetworkConnectRequest,
-    NetworkDisconnectRequest, PortBinding,
+    ContainerConfig, ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig,
+    NetworkConnectRequest, NetworkDisconnectRequest, PortBinding,
 };
 use bollard::query_parameters::{
     CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
@@ -23,9 +23,22 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::host::Endpoint;
+
+/// A line of `docker logs --timestamps`: Docker's RFC 3339 time (nanoseconds), a space, the
+/// line. `None` for anything else.
+fn timestamped(message: &[u8]) -> Option<LogLine> {
+    let space = message.iter().position(|b| *b == b' ')?;
+    let time = std::str::from_utf8(&message[..space]).ok()?.parse().ok()?;
+    let mut line = message[space + 1..].to_vec();
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    Some(LogLine { time, line })
+}
 use super::{
     Attached, Attachment, ContainerEvent, ContainerFacts, ContainerState, Docker, DockerError,
-    ExecCommand, ExecOutput, ImageFacts, JobContainer, NetworkFacts, NewContainer, Output, Runner,
+    ExecCommand, ExecOutput, ImageFacts, JobContainer, LogLine, NetworkFacts, NewContainer, Output,
+    Runner,
 };
 
 /// The Docker engine of `DOCKER_HOST` (default the local socket). Connecting is lazy: the API
@@ -355,6 +368,13 @@ impl Docker for Engine {
                     name: Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
                 }),
+                log_config: container.log.as_ref().map(|log| HostConfigLogConfig {
+                    typ: Some("json-file".to_owned()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_owned(), log.max_size.clone()),
+                        ("max-file".to_owned(), log.max_files.to_string()),
+                    ])),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -512,6 +532,43 @@ impl Docker for Engine {
                         };
                         container_event(event).map(Ok)
                     }
+                })
+                .boxed()
+        })
+        .flatten()
+        .boxed()
+    }
+
+    fn output(
+        &self,
+        container: &str,
+        since: jiff::Timestamp,
+        follow: bool,
+    ) -> BoxStream<'static, Result<LogLine, DockerError>> {
+        let options = LogsOptionsBuilder::default()
+            .follow(follow)
+            .stdout(true)
+            .timestamps(true)
+            // The API takes whole seconds as an i32 (until 2038).
+            .since(i32::try_from(since.as_second()).unwrap_or(i32::MAX))
+            .build();
+        let engine = self.clone();
+        let container = container.to_owned();
+        futures::stream::once(async move {
+            let docker = match engine.client().await {
+                Ok(docker) => docker.clone(),
+                Err(e) => return futures::stream::iter([Err(e)]).boxed(),
+            };
+            let what = format!("following the output of {container}");
+            docker
+                .logs(&container, Some(options))
+                .filter_map(move |chunk| {
+                    let result = match chunk {
+                        Ok(LogOutput::StdOut { message }) => timestamped(&message).map(Ok),
+                        Ok(_) => None,
+                        Err(e) => Some(Err(engine.error(&what, e))),
+                    };
+                    async move { result }
                 })
                 .boxed()
         })

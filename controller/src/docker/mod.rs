@@ -59,6 +59,24 @@ pub struct NewContainer {
     pub ports: Vec<(String, u16, u16)>,
     /// Files written into the container before it starts: absolute path and content.
     pub files: Vec<(String, Vec<u8>)>,
+    /// How Docker keeps the container's output; the engine's default logging when `None`.
+    pub log: Option<LogRotation>,
+}
+
+/// The `json-file` log driver with rotation: at most `max_files` files of `max_size` each
+/// (`10m`, `512k`, `1g`), so that a container's output takes bounded disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRotation {
+    pub max_size: String,
+    pub max_files: u32,
+}
+
+/// One line of a container's output, with the time Docker received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub time: jiff::Timestamp,
+    /// Without the trailing newline.
+    pub line: Vec<u8>,
 }
 
 /// The result of a command run inside a container.
@@ -187,6 +205,15 @@ pub trait Docker: Send + Sync {
     async fn signal(&self, container: &str, signal: &str) -> Result<(), DockerError>;
     /// Container and network events from now on; the stream ends when the connection does.
     fn events(&self) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>>;
+    /// A container's standard output from `since` (whole seconds: a line of that second may
+    /// come again) to now, then with `follow` as it is written, until the container or the
+    /// connection ends. A container that does not exist is the stream's one error.
+    fn output(
+        &self,
+        container: &str,
+        since: jiff::Timestamp,
+        follow: bool,
+    ) -> futures::stream::BoxStream<'static, Result<LogLine, DockerError>>;
 }
 
 /// An image as far as running servers of it goes.

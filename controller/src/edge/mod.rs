@@ -25,6 +25,7 @@ use async_trait::async_trait;
 
 use crate::audit::ObjectRef;
 use crate::docker::DockerError;
+pub use crate::docker::LogRotation;
 
 mod acme;
 mod actor;
@@ -55,6 +56,34 @@ pub struct EdgeOptions {
     pub labels: BTreeMap<String, String>,
     /// How often the edge is checked, and recreated when it is gone.
     pub check_interval: Duration,
+    /// How Docker rotates the edge's output, which holds every Proxy's access log.
+    pub log: LogRotation,
+}
+
+/// What the edge container is made of. A running edge whose spec label differs (made by an
+/// earlier release, or with other flags) is recreated once with everything it serves.
+pub(crate) const SPEC_LABEL: &str = "infrapilot.io/edge-spec";
+
+impl EdgeOptions {
+    /// A digest of everything the container is created with, kept in [`SPEC_LABEL`].
+    pub(crate) fn spec_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        let ports = format!(
+            "{}|{}|{}|{}|{}|{}",
+            self.image,
+            self.address,
+            self.http_port,
+            self.https_port,
+            self.log.max_size,
+            self.log.max_files
+        );
+        hasher.update(ports.as_bytes());
+        for (key, value) in &self.labels {
+            hasher.update(format!("|{key}={value}").as_bytes());
+        }
+        hex::encode(&hasher.finalize()[..8])
+    }
 }
 
 /// The configuration one Proxy wants served.

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::actor::{Live, Owner};
 use super::apply::{file_path, nginx_message, rejected_id};
-use super::{CONF_DIR, EdgeError, MANAGED_BY, MANAGED_BY_VALUE, Wanted};
+use super::{CONF_DIR, EdgeError, MANAGED_BY, MANAGED_BY_VALUE, SPEC_LABEL, Wanted};
 use crate::audit::ObjectRef;
 use crate::docker::NewContainer;
 use crate::proxy::site;
@@ -52,6 +52,20 @@ impl Owner {
                 if found.labels.get(MANAGED_BY).map(String::as_str) != Some(MANAGED_BY_VALUE) =>
             {
                 Err(EdgeError::NameTaken(name))
+            }
+            Some(found)
+                if found.running
+                    && found.labels.get(SPEC_LABEL) != Some(&self.options.spec_digest()) =>
+            {
+                // Made by an earlier release or with other flags (the image, the ports, the log
+                // rotation): recreated once, serving what it served.
+                if !self.seeded {
+                    self.seed(&found.id, &found.networks).await?;
+                }
+                warn!(edge = %self.options.name, "the edge was made with another image, ports or log rotation: recreating it with every Proxy it serves");
+                self.docker.remove(&found.id).await?;
+                self.container = None;
+                self.create(trigger).await
             }
             Some(found) if found.running => {
                 if !self.seeded {
@@ -177,6 +191,7 @@ impl Owner {
         let mut labels = self.options.labels.clone();
         labels.insert(MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned());
         labels.insert(COMPONENT.to_owned(), "edge".to_owned());
+        labels.insert(SPEC_LABEL.to_owned(), self.options.spec_digest());
         let mut files = vec![
             (
                 format!("{CONF_DIR}/{EDGE_FILE}"),
@@ -188,8 +203,6 @@ impl Owner {
                 b"# Replaced by InfraPilot: unknown hosts get 404 from infrapilot-00-edge.conf.\n"
                     .to_vec(),
             ),
-            // Docker creates the parent directories of archived files.
-            (format!("{}/.keep", site::ACCESS_LOG_DIR), Vec::new()),
         ];
         // nginx starts with the edge's own files only, so it always starts, whatever a Proxy's
         // file holds now; the Proxies' files follow, validated like any batch.
@@ -204,6 +217,7 @@ impl Owner {
                 (self.options.address.clone(), self.options.https_port, 443),
             ],
             files,
+            log: Some(self.options.log.clone()),
         };
         let result = self.docker.create(&container).await;
         let target = format!("container {}", self.options.name);

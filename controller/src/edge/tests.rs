@@ -85,8 +85,8 @@ fn the_diff_removes_only_what_is_live() {
     );
 }
 
-fn edge(docker: Arc<dyn Docker>) -> Edge {
-    let options = EdgeOptions {
+fn options() -> EdgeOptions {
+    EdgeOptions {
         name: "edge".to_owned(),
         image: "nginx".to_owned(),
         address: "127.0.0.1".to_owned(),
@@ -94,9 +94,25 @@ fn edge(docker: Arc<dyn Docker>) -> Edge {
         https_port: 8443,
         labels: BTreeMap::new(),
         check_interval: Duration::from_secs(3600),
-    };
+        log: crate::edge::LogRotation {
+            max_size: "10m".to_owned(),
+            max_files: 3,
+        },
+    }
+}
+
+/// The labels of an edge this version made with [`options`].
+fn current_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned()),
+        ("infrapilot.io/component".to_owned(), "edge".to_owned()),
+        (SPEC_LABEL.to_owned(), options().spec_digest()),
+    ])
+}
+
+fn edge(docker: Arc<dyn Docker>) -> Edge {
     let audit = Arc::new(crate::reconcile::tests_support::Recorder::default());
-    Edge::start(docker, options, audit)
+    Edge::start(docker, options(), audit)
 }
 
 fn wanted(id: &str, config: &str) -> Wanted {
@@ -265,6 +281,7 @@ async fn a_recreated_edge_starts_and_leaves_out_only_the_files_nginx_refuses() {
     {
         let mut state = docker.state.lock().unwrap();
         state.created = 1;
+        state.edge_labels = current_labels();
         state.files = BTreeMap::from([
             (
                 format!("{CONF_DIR}/{EDGE_FILE}"),
@@ -406,6 +423,15 @@ async fn a_same_named_container_it_did_not_create_is_never_touched() {
         {
             self.0.events()
         }
+        fn output(
+            &self,
+            container: &str,
+            since: jiff::Timestamp,
+            follow: bool,
+        ) -> futures::stream::BoxStream<'static, Result<crate::docker::LogLine, DockerError>>
+        {
+            self.0.output(container, since, follow)
+        }
     }
 
     let docker = Arc::new(Foreign(MemoryDocker::default()));
@@ -416,4 +442,57 @@ async fn a_same_named_container_it_did_not_create_is_never_touched() {
     );
     let state = docker.0.state.lock().unwrap();
     assert_eq!((state.created, state.uploads, state.signals), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn an_edge_made_by_an_earlier_release_is_recreated_once_with_log_rotation_and_its_sites() {
+    let docker = Arc::new(MemoryDocker::default());
+    let sites = BTreeMap::from([(
+        "pold".to_owned(),
+        Live {
+            config: "server old".to_owned(),
+            networks: Vec::new(),
+            files: Vec::new(),
+            object: None,
+        },
+    )]);
+    {
+        // Running, InfraPilot's, without the spec label: made before the edge logged to its
+        // output with rotation.
+        let mut state = docker.state.lock().unwrap();
+        state.created = 1;
+        state.edge_labels = BTreeMap::from([(MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned())]);
+        state.files = BTreeMap::from([
+            (
+                format!("{CONF_DIR}/{EDGE_FILE}"),
+                crate::proxy::site::edge_config().into_bytes(),
+            ),
+            (file_path("pold"), b"server old".to_vec()),
+            (APPLIED_MARKER.to_owned(), digest(&sites).into_bytes()),
+        ]);
+    }
+    let edge = edge(docker.clone());
+    assert_eq!(
+        edge.apply(wanted("pnew", "server new")).await,
+        Ok(Served::Serving)
+    );
+    {
+        let state = docker.state.lock().unwrap();
+        assert_eq!(state.created, 1, "removed and created once");
+        assert_eq!(state.edge_labels, current_labels());
+        assert_eq!(state.edge_log, Some(options().log));
+        for id in ["pold", "pnew"] {
+            assert!(state.files.contains_key(&file_path(id)), "{id} is served");
+        }
+    }
+    // Now current: the next change is applied to the same container.
+    assert_eq!(
+        edge.apply(wanted("pthird", "server third")).await,
+        Ok(Served::Serving)
+    );
+    assert_eq!(
+        docker.state.lock().unwrap().removed,
+        1,
+        "not recreated again"
+    );
 }

@@ -7,18 +7,15 @@ use std::net::SocketAddr;
 use super::grammar::{self, Cidr, Hostname, Invalid};
 use crate::api::proxy::{ProxySpec, TlsPolicy};
 
-/// The edge's access log format, one JSON object per request, in every Proxy's log file
-/// (`/var/log/nginx/infrapilot/<id>.access.log`). Field names are stable: the alerting
-/// reconciler reads `status` and `time` for error rates.
+/// The edge's access log format, one JSON object per request, written to the edge's own
+/// output ([`ACCESS_LOG`]). Field names are stable: the alert rules read `proxy`, `status` and
+/// `time` for error rates.
 pub const ACCESS_LOG_FORMAT: &str = r#"'{"time":"$time_iso8601","proxy":"$infrapilot_proxy","host":"$host","method":"$request_method","uri":"$request_uri","status":$status,"bytes":$body_bytes_sent,"duration":$request_time,"upstream":"$upstream_addr","upstreamStatus":"$upstream_status","client":"$remote_addr","userAgent":"$http_user_agent"}'"#;
 
-/// The directory of the Proxies' access logs inside the edge.
-pub const ACCESS_LOG_DIR: &str = "/var/log/nginx/infrapilot";
-
-/// Where a Proxy's access log is written inside the edge.
-pub fn access_log_path(id: &str) -> String {
-    format!("{ACCESS_LOG_DIR}/{id}.access.log")
-}
+/// Where every Proxy's access log goes: the edge's standard output, which Docker keeps under
+/// the edge's log rotation and serves through its API, to the alert rules and to
+/// `docker logs` alike, wherever the engine runs (`docs/2026-12-04-error-rates.md`).
+pub const ACCESS_LOG: &str = "/dev/stdout";
 
 /// The part of the edge's configuration that no Proxy owns: the log format, the websocket
 /// upgrade map, and default servers for the names no Proxy serves. On 80 they get 404. On 443
@@ -613,7 +610,7 @@ pub const RESOLVER_FILE: &str = "/etc/nginx/infrapilot/resolver.conf";
 /// What a server block of a Proxy holds, whether plain or TLS.
 fn site_body(c: &mut String, id: &str, object: &str, settings: &Settings, pass: &str) {
     let _ = writeln!(c, "    set $infrapilot_proxy \"{object}\";");
-    let _ = writeln!(c, "    access_log {} infrapilot_json;", access_log_path(id));
+    let _ = writeln!(c, "    access_log {ACCESS_LOG} infrapilot_json;");
     if let Some(size) = &settings.client_max_body_size {
         let _ = writeln!(c, "    client_max_body_size {size};");
     }

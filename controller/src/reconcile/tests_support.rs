@@ -13,7 +13,7 @@ use crate::delivery::{DeliveryError, Message, Notifier, Receipt, Target};
 use crate::docker::{
     ContainerEvent, ContainerFacts, Docker, DockerError, ExecOutput, NetworkFacts, NewContainer,
 };
-use crate::edge::{CONF_DIR, EdgeApi, EdgeError, MANAGED_BY, MANAGED_BY_VALUE, Served, Wanted};
+use crate::edge::{CONF_DIR, EdgeApi, EdgeError, Served, Wanted};
 use crate::proxy::acme::{ChallengeResponder, Issued, Issuer, Request};
 use crate::runtime::objects::{ObjectStore, Objects, Selector, Typed};
 use crate::secrets::SecretMap;
@@ -204,8 +204,10 @@ pub struct DockerState {
     pub reads: usize,
     /// Every question fails as an engine that does not answer.
     pub unreachable: bool,
-    /// Times the edge was created.
+    /// Times the edge was created (since it was last removed).
     pub created: usize,
+    /// Times the edge was removed.
+    pub removed: usize,
     /// The edge's files by absolute path.
     pub files: BTreeMap<String, Vec<u8>>,
     pub uploads: usize,
@@ -217,6 +219,12 @@ pub struct DockerState {
     /// `nginx -t` also refuses site files containing this, naming them (what nginx accepts
     /// changed: a new image, say).
     pub refuse: Option<String>,
+    /// The labels and log rotation the edge was last created with; the labels are what the
+    /// edge shows.
+    pub edge_labels: BTreeMap<String, String>,
+    pub edge_log: Option<crate::docker::LogRotation>,
+    /// The edge's output, as [`Docker::output`] serves it (then, following, waits for more).
+    pub output: Vec<crate::docker::LogLine>,
 }
 
 impl MemoryDocker {
@@ -272,7 +280,7 @@ impl Docker for MemoryDocker {
                 id: "edge-id".to_owned(),
                 name: "edge".to_owned(),
                 running: !state.edge_stopped,
-                labels: BTreeMap::from([(MANAGED_BY.to_owned(), MANAGED_BY_VALUE.to_owned())]),
+                labels: state.edge_labels.clone(),
                 ..Default::default()
             }),
         )
@@ -304,12 +312,15 @@ impl Docker for MemoryDocker {
         let mut state = self.state.lock().unwrap();
         state.created += 1;
         state.files.extend(container.files.iter().cloned());
+        state.edge_labels.clone_from(&container.labels);
+        state.edge_log.clone_from(&container.log);
         Ok("edge-id".to_owned())
     }
 
     async fn remove(&self, container: &str) -> Result<(), DockerError> {
         let mut state = self.state.lock().unwrap();
         if container == "edge-id" {
+            state.removed += 1;
             state.edge_stopped = false;
             state.created = 0;
             state.files.clear();
@@ -402,6 +413,43 @@ impl Docker for MemoryDocker {
 
     fn events(&self) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>> {
         Box::pin(futures::stream::pending())
+    }
+
+    fn output(
+        &self,
+        container: &str,
+        since: jiff::Timestamp,
+        follow: bool,
+    ) -> futures::stream::BoxStream<'static, Result<crate::docker::LogLine, DockerError>> {
+        use futures::StreamExt;
+        let state = self.state.lock().unwrap();
+        if state.unreachable {
+            return futures::stream::iter([Err(DockerError::Unreachable(
+                "connection refused".to_owned(),
+            ))])
+            .boxed();
+        }
+        if state.created == 0 || container != "edge" {
+            return futures::stream::iter([Err(DockerError::NotFound(format!(
+                "no such container: {container}"
+            )))])
+            .boxed();
+        }
+        // Whole seconds, as Docker's `since` is.
+        let from = since.as_second();
+        let lines: Vec<_> = state
+            .output
+            .iter()
+            .filter(|l| l.time.as_second() >= from)
+            .cloned()
+            .map(Ok)
+            .collect();
+        let lines = futures::stream::iter(lines);
+        if follow {
+            lines.chain(futures::stream::pending()).boxed()
+        } else {
+            lines.boxed()
+        }
     }
 }
 

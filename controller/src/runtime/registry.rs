@@ -25,7 +25,14 @@ pub trait Register {
 /// shown, and left alone until its reconciler lands.
 pub fn register(into: &mut impl Register) {
     into.add(|_| AlertChannels);
-    into.add(|s| AlertRules::new(s.objects.clone(), s.docker.clone(), s.metrics.clone()));
+    into.add(|s| {
+        AlertRules::new(
+            s.objects.clone(),
+            s.docker.clone(),
+            s.metrics.clone(),
+            s.edge_name.clone(),
+        )
+    });
     into.add(|s| {
         Proxies::new(
             s.objects.clone(),

@@ -55,6 +55,8 @@ pub struct Services {
     pub objects: Objects,
     pub docker: Arc<dyn Docker>,
     pub edge: Arc<dyn EdgeApi>,
+    /// The edge container's name, whose output the error-rate rules follow.
+    pub edge_name: String,
     pub issuer: Arc<dyn acme::Issuer>,
     pub restore: Arc<dyn RestoreEngine>,
     pub reports: PathBuf,
@@ -96,6 +98,7 @@ impl Services {
             objects: parts.objects,
             docker,
             edge,
+            edge_name: options.edge.name.clone(),
             issuer: Arc::new(acme::AcmeIssuer),
             restore,
             reports: options.reports.clone(),

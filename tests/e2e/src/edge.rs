@@ -147,13 +147,18 @@ impl TestEdge {
     /// A GET through the edge for `host`: status and body. Redirects are answers, not
     /// followed.
     pub async fn get(&self, host: &str) -> Result<(u16, String), String> {
+        self.get_path(host, "/").await
+    }
+
+    /// [`TestEdge::get`] of `path` (`/status/500` on the test app answers 500).
+    pub async fn get_path(&self, host: &str, path: &str) -> Result<(u16, String), String> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
         let response = client
-            .get(format!("http://127.0.0.1:{}/", self.http))
+            .get(format!("http://127.0.0.1:{}{path}", self.http))
             .header("Host", host)
             .send()
             .await

@@ -886,3 +886,167 @@ async fn a_crash_while_the_event_stream_was_cut_fires_once_when_it_comes_back() 
     operator.stop().await.unwrap();
     docker.cleanup().await.unwrap();
 }
+
+fn error_rule(name: &str, condition: &str, url: &str) -> String {
+    format!(
+        "apiVersion: infrapilot.io/v1alpha1\nkind: AlertChannel\nmetadata:\n  name: {name}-hook\nspec:\n  webhook:\n    url: {url}\n\
+         ---\napiVersion: infrapilot.io/v1alpha1\nkind: AlertRule\nmetadata:\n  name: {name}\nspec:\n  \
+         {condition}\n  groupWait: 0s\n  sendResolved: true\n  channels:\n    - name: {name}-hook\n"
+    )
+}
+
+/// The alerts of every body the receiver got on `path`, with the body's status.
+fn alerts_on(webhook: &WebhookServer, path: &str) -> Vec<Value> {
+    let bodies: Vec<Value> = webhook
+        .requests()
+        .iter()
+        .filter(|r| r.path == path)
+        .filter_map(|r| r.json().ok())
+        .filter(|b: &Value| b["version"] == "4")
+        .collect();
+    for body in &bodies {
+        if let Err(error) = infrapilot_e2e::alertmanager::payload(body) {
+            panic!("{error}");
+        }
+    }
+    bodies
+        .iter()
+        .flat_map(|b| b["alerts"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn error_rates_through_the_edge_fire_and_resolve_and_quiet_rules_beside_them_stay_quiet() {
+    use crate::proxy::{by_name, proxy, setup};
+    use infrapilot_e2e::docker::{ContainerSpec, images};
+
+    let s = setup("alert-errors").await;
+    let webhook = WebhookServer::start().await.unwrap();
+    let app = s.docker.run(ContainerSpec::new(images::APP)).await.unwrap();
+    let (shop, calm) = ("shop.example.test", "calm.example.test");
+    s.write(
+        "proxies.yaml",
+        &format!(
+            "{}---\n{}",
+            proxy("shop", shop, &by_name(&app.name), ""),
+            proxy("calm", calm, &by_name(&app.name), "")
+        ),
+    );
+    let rate = |proxy: &str, min: u32| {
+        format!(
+            "errorRate:\n    proxy: {proxy}\n    thresholdPercent: 20\n    window: 30s\n    minRequests: {min}"
+        )
+    };
+    s.write(
+        "rules.yaml",
+        &[
+            error_rule("shop-rate", &rate("shop", 20), &webhook.url("/rate")),
+            error_rule(
+                "shop-spike",
+                "errorSpike:\n    proxy: shop\n    factor: 3\n    window: 20s\n    baseline: 2m\n    minErrors: 5",
+                &webhook.url("/spike"),
+            ),
+            // Neighbours: the same traffic under minRequests, and a Proxy with no traffic.
+            error_rule("shop-few", &rate("shop", 1000), &webhook.url("/few")),
+            error_rule("calm-rate", &rate("calm", 1), &webhook.url("/calm")),
+        ]
+        .join("---\n"),
+    );
+    s.ready("shop", "True").await;
+    s.ready("calm", "True").await;
+    // The rules evaluate once the edge's output is read.
+    for rule in ["shop-rate", "shop-spike", "shop-few", "calm-rate"] {
+        let evaluated = s
+            .operator
+            .wait_for_condition("alertrule", rule, "Ready", "True")
+            .await;
+        assert_eq!(evaluated["status"]["state"], "Inactive", "{evaluated:#}");
+    }
+
+    // The edge logs to its output, which Docker rotates.
+    let edge = s
+        .docker
+        .client()
+        .inspect_container(&s.edge.name, None)
+        .await
+        .unwrap();
+    let log = edge.host_config.and_then(|h| h.log_config).unwrap();
+    assert_eq!(log.typ.as_deref(), Some("json-file"));
+    let config = log.config.unwrap_or_default();
+    assert_eq!(
+        (config["max-size"].as_str(), config["max-file"].as_str()),
+        ("10m", "3")
+    );
+
+    // Half of 60 requests answer 500.
+    for n in 0..60 {
+        let path = if n % 2 == 0 { "/status/500" } else { "/" };
+        let (status, _) = s.edge.get_path(shop, path).await.unwrap();
+        assert_eq!(status, if n % 2 == 0 { 500 } else { 200 });
+    }
+    let fired_at = jiff::Timestamp::now();
+    for path in ["/rate", "/spike"] {
+        eventually(&format!("a firing alert on {path}"), TIMEOUT, || async {
+            let alerts = alerts_on(&webhook, path);
+            match alerts.iter().find(|a| a["status"] == "firing") {
+                Some(alert) if alert["labels"]["proxy"] == "shop" => Ok(()),
+                _ => Err(format!("{alerts:#?}\n{}", s.operator.log())),
+            }
+        })
+        .await;
+    }
+    // The values, once a complete bucket holds all 60 requests (the first evaluation may
+    // have seen the part of them before a bucket boundary).
+    for (rule, value) in [
+        ("shop-rate", "50.0% 5xx (30 of 60) over 30s"),
+        (
+            "shop-spike",
+            "30 5xx in 20s, 0.0 expected from the baseline",
+        ),
+    ] {
+        eventually(&format!("{rule} showing {value:?}"), TIMEOUT, || async {
+            let rule = s
+                .operator
+                .get("alertrule", rule)
+                .await
+                .map_err(|e| e.to_string())?;
+            match rule["status"]["activeAlerts"][0]["message"].as_str() {
+                Some(message) if message == value => Ok(()),
+                _ => Err(format!("{:#}", rule["status"])),
+            }
+        })
+        .await;
+    }
+
+    // Once the errors leave the windows, both resolve and say so, once.
+    for path in ["/rate", "/spike"] {
+        eventually(&format!("a resolution on {path}"), TIMEOUT, || async {
+            let alerts = alerts_on(&webhook, path);
+            if alerts.iter().any(|a| a["status"] == "resolved") {
+                Ok(())
+            } else {
+                Err(format!("{alerts:#?}"))
+            }
+        })
+        .await;
+    }
+    let resolved_after = jiff::Timestamp::now().duration_since(fired_at);
+    for path in ["/rate", "/spike"] {
+        let statuses: Vec<Value> = alerts_on(&webhook, path)
+            .iter()
+            .map(|a| a["status"].clone())
+            .collect();
+        assert_eq!(statuses, ["firing", "resolved"], "{path}");
+    }
+    assert!(
+        resolved_after.as_secs() < 120,
+        "resolved {resolved_after:?} after the traffic"
+    );
+    // The neighbours evaluated the same traffic and sent nothing.
+    for (rule, path) in [("shop-few", "/few"), ("calm-rate", "/calm")] {
+        let quiet = s.operator.get("alertrule", rule).await.unwrap();
+        assert_eq!(quiet["status"]["state"], "Inactive", "{quiet:#}");
+        assert!(alerts_on(&webhook, path).is_empty(), "{rule} sent nothing");
+    }
+    s.operator.stop().await.unwrap();
+}

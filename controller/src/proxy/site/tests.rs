@@ -30,9 +30,7 @@ fn a_basic_proxy_renders_an_upstream_and_a_server_for_its_hosts() {
         "{config}"
     );
     assert!(config.contains("proxy_pass http://pabc;"), "{config}");
-    assert!(
-        config.contains("access_log /var/log/nginx/infrapilot/pabc.access.log infrapilot_json;")
-    );
+    assert!(config.contains("access_log /dev/stdout infrapilot_json;"));
     assert!(!config.contains("limit_req"), "{config}");
     assert!(!config.contains("deny"), "{config}");
 }

@@ -1,15 +1,17 @@
 //! The pure steps: the spec checked and parsed, the condition evaluated on what was observed,
 //! Alertmanager's timing stepped, and the status built from the outcome.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::alert::conditions::{self, Found};
 use crate::alert::crashes::{Crashes, Selection};
-use crate::alert::timing::{self, Ledger, Step, Timing};
+use crate::alert::timing::{self, Ledger, Observed, Step, Timing};
+use crate::alert::traffic::{BUCKET, Traffic, error_rate, error_spike};
 use crate::api::alert::{
     AlertRule, AlertRuleSpec, AlertRuleStatus, BackupValidationFailed, CertificateExpiry,
 };
@@ -38,8 +40,22 @@ pub enum Condition {
         restarts: u32,
         window: Duration,
     },
-    /// A condition this version does not evaluate yet.
-    Outside(&'static str),
+    ErrorRate {
+        /// `namespace/name`, as the edge tags its lines.
+        proxy: String,
+        threshold_percent: f64,
+        window: Duration,
+        /// As written, for messages.
+        window_text: String,
+        min_requests: u32,
+    },
+    ErrorSpike {
+        proxy: String,
+        factor: f64,
+        window: Duration,
+        baseline: Duration,
+        min_errors: u32,
+    },
 }
 
 impl Condition {
@@ -49,9 +65,47 @@ impl Condition {
             Condition::CertificateExpiry { .. } => "certificateExpiry",
             Condition::BackupValidationFailed(_) => "backupValidationFailed",
             Condition::ContainerCrash { .. } => "containerCrash",
-            Condition::Outside(name) => name,
+            Condition::ErrorRate { .. } => "errorRate",
+            Condition::ErrorSpike { .. } => "errorSpike",
         }
     }
+
+    /// The Proxy an error rule counts, and the history it needs (`None` for other rules).
+    pub fn traffic(&self) -> Option<(String, Duration)> {
+        match self {
+            Condition::ErrorRate { proxy, window, .. } => Some((proxy.clone(), *window)),
+            Condition::ErrorSpike {
+                proxy,
+                window,
+                baseline,
+                ..
+            } => Some((proxy.clone(), *window + *baseline)),
+            _ => None,
+        }
+    }
+}
+
+/// The longest `window` of an error rule: one hour of 10-second buckets per Proxy.
+const MAX_WINDOW: Duration = Duration::from_secs(3600);
+/// The longest `baseline` of errorSpike.
+const MAX_BASELINE: Duration = Duration::from_secs(24 * 3600);
+
+/// A span of traffic: at least one bucket, at most `max`.
+fn span(field: &'static str, text: &str, max: Duration) -> Result<Duration, Invalid> {
+    let span = duration(field, text)?;
+    if span < BUCKET || span > max {
+        return Err(Invalid {
+            field,
+            reason: format!(
+                "{text:?} is outside {}s to {}h: traffic is counted in {}-second buckets and \
+                 kept for at most that long",
+                BUCKET.as_secs(),
+                max.as_secs() / 3600,
+                BUCKET.as_secs()
+            ),
+        });
+    }
+    Ok(span)
 }
 
 /// The spec, checked.
@@ -72,8 +126,9 @@ fn optional(field: &'static str, text: Option<&str>) -> Result<Duration, Invalid
     text.map_or(Ok(Duration::ZERO), |t| duration(field, t))
 }
 
-/// Checks the spec: exactly one condition, every duration in the grammar.
-pub fn validate(spec: &AlertRuleSpec) -> Result<Settings, Invalid> {
+/// Checks the spec: exactly one condition, every duration in the grammar. An error rule counts
+/// a Proxy of the rule's own `namespace`: no namespace reads another's traffic.
+pub fn validate(spec: &AlertRuleSpec, namespace: &str) -> Result<Settings, Invalid> {
     let set = [
         spec.container_crash.is_some(),
         spec.certificate_expiry.is_some(),
@@ -109,10 +164,27 @@ pub fn validate(spec: &AlertRuleSpec) -> Result<Settings, Invalid> {
             restarts: crash.restarts,
             window: duration("spec.containerCrash.window", &crash.window)?,
         }
-    } else if spec.error_rate.is_some() {
-        Condition::Outside("errorRate")
+    } else if let Some(rate) = &spec.error_rate {
+        Condition::ErrorRate {
+            proxy: format!("{namespace}/{}", rate.proxy),
+            threshold_percent: rate.threshold_percent,
+            window: span("spec.errorRate.window", &rate.window, MAX_WINDOW)?,
+            window_text: rate.window.clone(),
+            min_requests: rate.min_requests,
+        }
     } else {
-        Condition::Outside("errorSpike")
+        // Exactly one is set, and it is none of the others.
+        let spike = spec.error_spike.as_ref().ok_or_else(|| Invalid {
+            field: "spec",
+            reason: "no condition is set".to_owned(),
+        })?;
+        Condition::ErrorSpike {
+            proxy: format!("{namespace}/{}", spike.proxy),
+            factor: spike.factor,
+            window: span("spec.errorSpike.window", &spike.window, MAX_WINDOW)?,
+            baseline: span("spec.errorSpike.baseline", &spike.baseline, MAX_BASELINE)?,
+            min_errors: spike.min_errors,
+        }
     };
     let timing = Timing {
         for_: optional("spec.for", spec.for_.as_deref())?,
@@ -139,11 +211,17 @@ pub struct Watched {
     pub policies: Arc<Vec<BackupValidationPolicy>>,
 }
 
+/// What the conditions read from outside the API, as followed.
+pub struct Outside<'a> {
+    pub crashes: &'a Crashes,
+    pub traffic: &'a Traffic,
+}
+
 /// Evaluates the condition on what was observed.
 pub fn evaluate(
     condition: &Condition,
     watched: &Watched,
-    crashes: &Crashes,
+    outside: &Outside<'_>,
     now: Timestamp,
 ) -> Found {
     match condition {
@@ -151,14 +229,82 @@ pub fn evaluate(
             selection,
             restarts,
             window,
-        } => crashes.evaluate(selection, *restarts, *window, now),
+        } => outside.crashes.evaluate(selection, *restarts, *window, now),
         Condition::CertificateExpiry { spec, within } => {
             conditions::certificate_expiry(spec, *within, &watched.proxies, now)
         }
         Condition::BackupValidationFailed(spec) => {
             conditions::backup_validation_failed(spec, &watched.policies)
         }
-        Condition::Outside(_) => Found::default(),
+        Condition::ErrorRate { .. } | Condition::ErrorSpike { .. } => {
+            error_condition(condition, outside.traffic, now)
+        }
+    }
+}
+
+/// errorRate and errorSpike, over complete buckets only: the one being filled would make the
+/// value jump with every line. The rule comes back when the next bucket is complete while its
+/// span or the bucket being filled holds any traffic (one more second for the last lines to
+/// arrive); once they are empty, only new traffic brings it back.
+fn error_condition(condition: &Condition, traffic: &Traffic, now: Timestamp) -> Found {
+    let Some((proxy, span)) = condition.traffic() else {
+        return Found::default();
+    };
+    let bucket = SignedDuration::try_from(BUCKET).unwrap_or(SignedDuration::from_secs(10));
+    let complete = now.checked_sub(bucket).unwrap_or(now);
+    let value = match condition {
+        Condition::ErrorRate {
+            threshold_percent,
+            window,
+            window_text,
+            min_requests,
+            ..
+        } => error_rate(
+            traffic.counts(&proxy, *window, complete),
+            *threshold_percent,
+            *min_requests,
+            window_text,
+        ),
+        Condition::ErrorSpike {
+            factor,
+            window,
+            baseline,
+            min_errors,
+            ..
+        } => {
+            let before = SignedDuration::try_from(*window)
+                .ok()
+                .and_then(|w| complete.checked_sub(w).ok())
+                .unwrap_or(complete);
+            error_spike(
+                traffic.counts(&proxy, *window, complete),
+                traffic.counts(&proxy, *baseline, before),
+                *window,
+                *baseline,
+                *factor,
+                *min_errors,
+            )
+        }
+        _ => None,
+    };
+    let name = proxy.split_once('/').map_or(proxy.as_str(), |(_, n)| n);
+    // The bucket being filled counts too: traffic that all fell in it is evaluated once the
+    // bucket is complete.
+    let changes_at = (traffic.counts(&proxy, span + BUCKET, now).requests > 0).then(|| {
+        let width = i64::try_from(BUCKET.as_secs()).unwrap_or(10);
+        let next = (now.as_second().div_euclid(width) + 1) * width + 1;
+        Timestamp::from_second(next).unwrap_or(now)
+    });
+    Found {
+        observed: value
+            .map(|message| Observed {
+                subject: name.to_owned(),
+                message,
+                labels: BTreeMap::from([("proxy".to_owned(), name.to_owned())]),
+            })
+            .into_iter()
+            .collect(),
+        changes_at,
     }
 }
 
@@ -235,13 +381,7 @@ pub fn status(
             )
         })
         .collect();
-    let observation = if let Condition::Outside(name) = settings.condition {
-        Observation::ready(
-            false,
-            "NotEvaluated",
-            format!("{name} is not evaluated by this version of InfraPilot yet"),
-        )
-    } else if let Some(problem) = problems.first() {
+    let observation = if let Some(problem) = problems.first() {
         Observation::ready(
             false,
             problem.reason,

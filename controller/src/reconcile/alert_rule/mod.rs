@@ -14,12 +14,15 @@ mod decide;
 mod lists;
 #[cfg(test)]
 mod tests;
+mod traffic;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde_json::Value;
+use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 pub use decide::validate;
@@ -33,7 +36,8 @@ use crate::runtime::objects::{EVERY, Objects, Relation, Selector, Typed};
 use crate::runtime::rbac::Rule;
 use crate::status::{self, Observation};
 use crate::telemetry::Metrics;
-use decide::{ChannelProblem, Condition, Watched};
+use decide::{ChannelProblem, Condition, Outside, Watched};
+use traffic::{EdgeTraffic, Reading};
 
 pub const CONTROLLER: &str = "alertrule";
 
@@ -46,10 +50,18 @@ pub struct AlertRules {
     crashes: Arc<Mutex<Crashes>>,
     /// What each containerCrash rule selects, so that an event brings back only its rules.
     crash_rules: Arc<Mutex<BTreeMap<(String, String), Selection>>>,
-    /// Where rules are sent to be evaluated again, once the runtime took the triggers; taken
-    /// by the first containerCrash rule, which starts following Docker's events (an operator
-    /// without such rules makes no Docker request for them).
+    /// Where rules are sent to be evaluated again, once the runtime took the triggers. The
+    /// first containerCrash rule starts following Docker's events, the first error rule the
+    /// edge's output: an operator without such rules makes no Docker request for them.
     follow: Mutex<Option<UnboundedSender<(String, String)>>>,
+    following_crashes: AtomicBool,
+    following_traffic: AtomicBool,
+    /// The edge container's name, whose output holds every Proxy's access log.
+    edge: String,
+    /// The edge's traffic as counted ([`traffic::follow`]), and a wake-up for the follower
+    /// when what the rules watch changes.
+    traffic: Arc<Mutex<EdgeTraffic>>,
+    traffic_changed: Arc<Notify>,
     /// The alerts gauge on /metrics, and the rule each uid has series for there, so that a
     /// deleted rule's series go with it.
     metrics: Arc<Metrics>,
@@ -63,7 +75,12 @@ impl std::fmt::Debug for AlertRules {
 }
 
 impl AlertRules {
-    pub fn new(objects: Objects, docker: Arc<dyn Docker>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        objects: Objects,
+        docker: Arc<dyn Docker>,
+        metrics: Arc<Metrics>,
+        edge: String,
+    ) -> Self {
         Self {
             objects,
             lists: lists::Lists::default(),
@@ -71,6 +88,11 @@ impl AlertRules {
             crashes: Arc::default(),
             crash_rules: Arc::default(),
             follow: Mutex::default(),
+            following_crashes: AtomicBool::new(false),
+            following_traffic: AtomicBool::new(false),
+            edge,
+            traffic: Arc::default(),
+            traffic_changed: Arc::default(),
             metrics,
             shown: Mutex::default(),
         }
@@ -122,12 +144,43 @@ impl AlertRules {
             }
         }
         drop(rules);
-        let started = self.follow.lock().ok().and_then(|mut f| f.take());
-        if let Some(triggers) = started {
+        if let Some(triggers) = self.start(&self.following_crashes) {
             tokio::spawn(follow_crashes(
                 self.docker.clone(),
                 self.crashes.clone(),
                 self.crash_rules.clone(),
+                triggers,
+            ));
+        }
+    }
+
+    /// The triggers' sender, the first time `started` is asked (once the runtime took them).
+    fn start(&self, started: &AtomicBool) -> Option<UnboundedSender<(String, String)>> {
+        let sender = self.follow.lock().ok()?.clone()?;
+        (!started.swap(true, Ordering::SeqCst)).then_some(sender)
+    }
+
+    /// Records the Proxy and span an error rule counts (nothing, for a rule of another
+    /// condition), and starts following the edge's output with the first error rule.
+    fn watch_traffic(&self, key: (String, String), condition: Option<&Condition>) {
+        let watched = condition.and_then(Condition::traffic);
+        let starts = watched.is_some();
+        let changed = self
+            .traffic
+            .lock()
+            .is_ok_and(|mut traffic| traffic.watch(key, watched));
+        if changed {
+            self.traffic_changed.notify_one();
+        }
+        if !starts {
+            return;
+        }
+        if let Some(triggers) = self.start(&self.following_traffic) {
+            tokio::spawn(traffic::follow(
+                self.docker.clone(),
+                self.edge.clone(),
+                self.traffic.clone(),
+                self.traffic_changed.clone(),
                 triggers,
             ));
         }
@@ -149,7 +202,9 @@ impl AlertRules {
                     .await?,
                 ..Watched::default()
             },
-            Condition::ContainerCrash { .. } | Condition::Outside(_) => Watched::default(),
+            Condition::ContainerCrash { .. }
+            | Condition::ErrorRate { .. }
+            | Condition::ErrorSpike { .. } => Watched::default(),
         })
     }
 
@@ -278,10 +333,12 @@ impl Reconciler for AlertRules {
         });
         if let Some((namespace, name)) = gone {
             self.metrics.remove_alerts(&namespace, &name);
-            // A containerCrash rule's selection goes too: its events would bring back nothing.
+            // A containerCrash rule's selection goes too: its events would bring back nothing;
+            // and an error rule's Proxy, whose counts are dropped when no rule is left on it.
             if let Ok(mut rules) = self.crash_rules.lock() {
-                rules.remove(&(namespace, name));
+                rules.remove(&(namespace.clone(), name.clone()));
             }
+            self.watch_traffic((namespace, name), None);
         }
     }
 
@@ -325,25 +382,11 @@ impl AlertRules {
         let now = (ctx.now)();
         let namespace = rule.metadata.namespace.clone().unwrap_or_default();
         let current = rule.status.clone().unwrap_or_default();
-        let settings = match validate(&rule.spec) {
+        let settings = match validate(&rule.spec, &namespace) {
             Ok(settings) => settings,
             Err(invalid) => {
-                let mut status = AlertRuleStatus {
-                    observed_generation: rule.metadata.generation,
-                    ..current
-                };
                 let message = format!("{}: {}", invalid.field, invalid.reason);
-                status::set(
-                    &mut status.conditions,
-                    Observation::ready(false, "InvalidSpec", &message),
-                    rule.metadata.generation,
-                    now,
-                );
-                return Applied {
-                    status,
-                    requeue: Requeue::OnChange,
-                    failure: None,
-                };
+                return not_ready(rule, current, "InvalidSpec", message, now);
             }
         };
         let watched = match self.watched(&namespace, &settings.condition).await {
@@ -356,12 +399,33 @@ impl AlertRules {
                 };
             }
         };
-        // A rule that cannot be evaluated has nothing to send yet.
-        let problems = match settings.condition {
-            Condition::Outside(_) => Vec::new(),
-            _ => self.channel_problems(rule, &namespace).await,
-        };
+        let problems = self.channel_problems(rule, &namespace).await;
         self.watch_crashes(rule, &settings.condition);
+        let key = (
+            namespace.clone(),
+            rule.metadata.name.clone().unwrap_or_default(),
+        );
+        self.watch_traffic(key, Some(&settings.condition));
+        if settings.condition.traffic().is_some() {
+            let reading = self.traffic.lock().map(|t| t.reading.clone());
+            match reading {
+                Ok(Reading::Following) => {}
+                // Nothing is known of the traffic before the history is read: the rule keeps
+                // what its status says, and the follower brings it back.
+                Ok(Reading::NotYet) | Err(_) => {
+                    return Applied {
+                        status: current,
+                        requeue: Requeue::OnChange,
+                        failure: None,
+                    };
+                }
+                // Not read: no data is not zero traffic, so the alerts stay as they are.
+                Ok(Reading::Failed(why)) => {
+                    let message = format!("{why}; alerts keep their state until it can be read");
+                    return not_ready(rule, current, "TrafficUnknown", message, now);
+                }
+            }
+        }
         let listed = self.crashes.lock().is_ok_and(|c| c.listed());
         if matches!(settings.condition, Condition::ContainerCrash { .. }) && !listed {
             // Nothing is known of the containers before the first list: the rule keeps what
@@ -372,9 +436,15 @@ impl AlertRules {
                 failure: None,
             };
         }
-        let found = match self.crashes.lock() {
-            Ok(crashes) => decide::evaluate(&settings.condition, &watched, &crashes, now),
-            Err(_) => decide::evaluate(&settings.condition, &watched, &Crashes::default(), now),
+        let found = {
+            let crashes = self.crashes.lock();
+            let traffic = self.traffic.lock();
+            let none = (Crashes::default(), EdgeTraffic::default());
+            let outside = Outside {
+                crashes: crashes.as_deref().unwrap_or(&none.0),
+                traffic: traffic.as_deref().map_or(&none.1.counts, |t| &t.counts),
+            };
+            decide::evaluate(&settings.condition, &watched, &outside, now)
         };
         let step = decide::decide(rule, &settings, &found, now);
         let mut ledger = step.ledger;
@@ -411,6 +481,32 @@ impl AlertRules {
             requeue,
             failure,
         }
+    }
+}
+
+/// The rule's status as it was (its alerts and notification log kept), `Ready=False` with the
+/// reason; it comes back when something changes.
+fn not_ready(
+    rule: &AlertRule,
+    current: AlertRuleStatus,
+    reason: &str,
+    message: String,
+    now: jiff::Timestamp,
+) -> Applied<AlertRuleStatus> {
+    let mut status = AlertRuleStatus {
+        observed_generation: rule.metadata.generation,
+        ..current
+    };
+    status::set(
+        &mut status.conditions,
+        Observation::ready(false, reason, message),
+        rule.metadata.generation,
+        now,
+    );
+    Applied {
+        status,
+        requeue: Requeue::OnChange,
+        failure: None,
     }
 }
 

@@ -75,7 +75,7 @@ async fn a_failing_policy_fires_notifies_once_and_resolves_on_success() {
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
     let metrics = Arc::new(Metrics::new());
-    let rules = AlertRules::new(objects.port(), docker(), metrics.clone());
+    let rules = AlertRules::new(objects.port(), docker(), metrics.clone(), "edge".to_owned());
     let gauge = |state: &str| {
         let series =
             format!("infrapilot_alerts{{namespace=\"shop\",rule=\"backups\",state=\"{state}\"}} ");
@@ -164,7 +164,7 @@ async fn a_missing_channel_is_shown_and_its_delivery_retried_on_the_backoff() {
     let objects = Arc::new(MemoryObjects::with([policy("nightly", 3)]));
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port(), docker(), Arc::default());
+    let rules = AlertRules::new(objects.port(), docker(), Arc::default(), "edge".to_owned());
 
     let applied = rules.reconcile(&rule(backup_rule(), None), &ctx).await;
     assert_eq!(applied.status.state, Some(AlertState::Firing));
@@ -199,7 +199,7 @@ async fn a_refused_delivery_is_kept_owed_and_sent_when_the_retry_falls_due() {
             reason: "connection refused".into(),
         }));
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port(), docker(), Arc::default());
+    let rules = AlertRules::new(objects.port(), docker(), Arc::default(), "edge".to_owned());
 
     let failed = rules.reconcile(&rule(backup_rule(), None), &ctx).await;
     let (_, reason, message) = ready(&failed.status);
@@ -214,21 +214,105 @@ async fn a_refused_delivery_is_kept_owed_and_sent_when_the_retry_falls_due() {
     assert_eq!(early.status.channels[0].failures, 1);
 }
 
+/// The next rule a follower brings back.
+pub(super) async fn brought_back(
+    receiver: &mut UnboundedReceiver<(String, String)>,
+) -> (String, String) {
+    tokio::time::timeout(Duration::from_secs(5), receiver.recv())
+        .await
+        .expect("the rule is brought back")
+        .expect("the follower runs")
+}
+
 #[tokio::test]
-async fn a_condition_read_from_outside_says_it_is_not_evaluated_yet() {
-    let objects = Arc::new(MemoryObjects::default());
+async fn an_error_rate_rule_waits_for_the_edge_then_fires_on_its_own_proxy_only() {
+    let objects = Arc::new(MemoryObjects::with([hook()]));
     let recorder = Arc::new(Recorder::default());
-    let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port(), docker(), Arc::default());
-    let spec = json!({"errorRate": {"proxy": "shop", "thresholdPercent": 5},
-        "channels": [{"name": "hook"}]});
-    let applied = rules.reconcile(&rule(spec, None), &ctx).await;
-    let (status, reason, _) = ready(&applied.status);
+    let mut ctx = context(&recorder, SecretMap::default());
+    // The follower reads the edge's history up to the real clock.
+    ctx.now = jiff::Timestamp::now;
+    let docker = docker();
+    let rules = AlertRules::new(
+        objects.port(),
+        docker.clone(),
+        Arc::default(),
+        "edge".to_owned(),
+    );
+    let mut triggers = rules.triggers().expect("triggers");
+    let spec = |proxy: &str| {
+        json!({"errorRate": {"proxy": proxy, "thresholdPercent": 10, "window": "1m",
+            "minRequests": 20}, "groupWait": "0s", "channels": [{"name": "hook"}]})
+    };
+    let shop = rule(spec("shop"), None);
+
+    // Before the edge was read, nothing is known: the rule says nothing new.
+    let first = rules.reconcile(&shop, &ctx).await;
+    assert!(first.status.conditions.get("Ready").is_none(), "{first:?}");
+    assert_eq!(first.requeue, Requeue::OnChange);
+    // There is no edge: the rule says why, and keeps its alerts.
+    brought_back(&mut triggers).await;
+    let unknown = rules.reconcile(&shop, &ctx).await;
+    let (status, reason, message) = ready(&unknown.status);
     assert_eq!(
         (status.as_str(), reason.as_str()),
-        ("False", "NotEvaluated")
+        ("False", "TrafficUnknown")
     );
-    assert_eq!(applied.requeue, Requeue::OnChange);
+    assert!(message.contains("does not exist yet"), "{message}");
+
+    // The edge, with 40 requests of shop/shop in the last minute (10 of them 500), and as
+    // many 500s of a Proxy of the same name in another namespace.
+    let now = jiff::Timestamp::now();
+    let line = |ago: i64, proxy: &str, status: u16| {
+        // Docker's times are nanoseconds apart at least, and in order.
+        let time = now - jiff::SignedDuration::from_secs(ago)
+            + jiff::SignedDuration::from_millis(i64::from(proxy.starts_with("other")));
+        let nginx = time.strftime("%Y-%m-%dT%H:%M:%S+00:00");
+        crate::docker::LogLine {
+            time,
+            line: format!(r#"{{"time":"{nginx}","proxy":"{proxy}","status":{status}}}"#)
+                .into_bytes(),
+        }
+    };
+    {
+        let mut state = docker.state.lock().unwrap();
+        for ago in (16..56).rev() {
+            state
+                .output
+                .push(line(ago, "shop/shop", if ago % 4 == 0 { 500 } else { 200 }));
+            state.output.push(line(ago, "other/shop", 500));
+        }
+    }
+    docker
+        .create(&crate::docker::NewContainer {
+            name: "edge".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    brought_back(&mut triggers).await;
+    let fired = rules
+        .reconcile(&rule(spec("shop"), Some(&unknown.status)), &ctx)
+        .await;
+    assert_eq!(fired.status.active_alerts.len(), 1, "{fired:?}");
+    let alert = &fired.status.active_alerts[0];
+    assert_eq!(alert.state, AlertState::Firing);
+    assert_eq!(alert.subject, "shop");
+    assert_eq!(alert.message, "25.0% 5xx (10 of 40) over 1m");
+    assert_eq!(recorder.deliveries.lock().unwrap().len(), 1);
+    assert_eq!(ready(&fired.status).1, "Evaluated");
+    // The window still holds traffic: the rule comes back when the next bucket is complete.
+    match fired.requeue {
+        Requeue::After(after) => assert!(after <= Duration::from_secs(11), "{after:?}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A rule on a Proxy without traffic, beside it: evaluated, quiet, and waiting for traffic.
+    let mut quiet = rule(spec("quiet"), None);
+    quiet.metadata.name = Some("quiet".to_owned());
+    let quiet = rules.reconcile(&quiet, &ctx).await;
+    assert!(quiet.status.active_alerts.is_empty());
+    assert_eq!(ready(&quiet.status).1, "Evaluated");
+    assert_eq!(quiet.requeue, Requeue::OnChange);
 }
 
 #[tokio::test]
@@ -236,13 +320,35 @@ async fn a_bad_duration_is_refused_naming_the_field() {
     let objects = Arc::new(MemoryObjects::default());
     let recorder = Arc::new(Recorder::default());
     let ctx = context(&recorder, SecretMap::default());
-    let rules = AlertRules::new(objects.port(), docker(), Arc::default());
+    let rules = AlertRules::new(objects.port(), docker(), Arc::default(), "edge".to_owned());
     let mut spec = backup_rule();
     spec["repeatInterval"] = json!("10s");
     let applied = rules.reconcile(&rule(spec, None), &ctx).await;
     let (status, reason, message) = ready(&applied.status);
     assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
     assert!(message.starts_with("spec.repeatInterval:"), "{message}");
+    // Traffic is kept for at most an hour of window and a day of baseline.
+    for (condition, field) in [
+        (
+            json!({"errorRate": {"proxy": "shop", "thresholdPercent": 5, "window": "2h"}}),
+            "spec.errorRate.window",
+        ),
+        (
+            json!({"errorSpike": {"proxy": "shop", "baseline": "2d"}}),
+            "spec.errorSpike.baseline",
+        ),
+        (
+            json!({"errorSpike": {"proxy": "shop", "window": "5s"}}),
+            "spec.errorSpike.window",
+        ),
+    ] {
+        let mut spec = condition;
+        spec["channels"] = json!([{"name": "hook"}]);
+        let applied = rules.reconcile(&rule(spec, None), &ctx).await;
+        let (_, reason, message) = ready(&applied.status);
+        assert_eq!(reason, "InvalidSpec");
+        assert!(message.starts_with(&format!("{field}:")), "{message}");
+    }
 }
 
 #[test]
@@ -275,4 +381,44 @@ fn a_change_brings_back_only_the_rules_it_can_concern() {
     let policies_every = relations[1].every.unwrap();
     assert!(proxies_every(&certificates) && !proxies_every(&backups));
     assert!(policies_every(&backups) && !policies_every(&certificates));
+}
+
+#[test]
+fn traffic_only_in_the_bucket_being_filled_is_evaluated_once_that_bucket_is_complete() {
+    let settings = decide::validate(
+        &rule(
+            json!({"errorRate": {"proxy": "shop", "thresholdPercent": 10, "window": "30s",
+                "minRequests": 1}, "channels": [{"name": "hook"}]}),
+            None,
+        )
+        .spec,
+        "shop",
+    )
+    .unwrap();
+    let mut traffic = crate::alert::traffic::Traffic::default();
+    traffic.watch(&std::collections::HashMap::from([(
+        "shop/shop".to_owned(),
+        Duration::from_secs(30),
+    )]));
+    // 12:00:03, in the bucket 12:00:00 to 12:00:10.
+    let now: jiff::Timestamp = "2026-12-04T12:00:03Z".parse().unwrap();
+    traffic.record(br#"{"time":"2026-12-04T12:00:02+00:00","proxy":"shop/shop","status":500}"#);
+    let crashes = Crashes::default();
+    let outside = Outside {
+        crashes: &crashes,
+        traffic: &traffic,
+    };
+    let evaluate = |now| decide::evaluate(&settings.condition, &Watched::default(), &outside, now);
+    let filling = evaluate(now);
+    assert!(filling.observed.is_empty(), "not complete yet");
+    assert_eq!(
+        filling.changes_at,
+        Some("2026-12-04T12:00:11Z".parse().unwrap())
+    );
+    let complete = evaluate("2026-12-04T12:00:11Z".parse().unwrap());
+    assert_eq!(complete.observed.len(), 1);
+    assert_eq!(complete.observed[0].message, "100.0% 5xx (1 of 1) over 30s");
+    // Once the window has passed it, nothing holds and nothing is left to wait for.
+    let later = evaluate("2026-12-04T12:01:00Z".parse().unwrap());
+    assert_eq!((later.observed.len(), later.changes_at), (0, None));
 }
